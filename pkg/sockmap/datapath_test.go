@@ -1,0 +1,254 @@
+package sockmap
+
+import (
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/meshlet/meshlet/internal/privtest"
+)
+
+func TestMain(m *testing.M) {
+	if privtest.RunRole() {
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// sandbox is one test's cgroup, bpffs, netns and a listener standing in for
+// the proxy inside that netns.
+type sandbox struct {
+	cg, pin, ns string
+	lis         net.Listener
+	dp          *Datapath
+}
+
+// Needs: root, cgroup2, bpffs, kernel >= 5.10 (connect4 with bpf_sk_lookup_tcp, sockhash, sk_msg).
+func newSandbox(t *testing.T, accel Accel) *sandbox {
+	t.Helper()
+	privtest.Root(t)
+	s := &sandbox{cg: privtest.Cgroup(t), pin: privtest.BPFFS(t), ns: privtest.Netns(t)}
+	privtest.InNetns(t, s.ns, func() {
+		var err error
+		s.lis, err = net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Cleanup(func() { s.lis.Close() })
+	if f := Probe(); !f.Capture || !f.Pairing || !f.Redirect {
+		privtest.Unavailable(t, "kernel %s lacks: %v", f.Kernel, f.Missing)
+	}
+	dp, err := Load(Options{
+		Cgroup: s.cg, PinPath: s.pin,
+		Proxy:  netip.MustParseAddrPort(s.lis.Addr().String()),
+		Accel:  accel, StreamVerdict: true, Logger: zaptest.NewLogger(t),
+	})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	s.dp = dp
+	t.Cleanup(func() { dp.Close() })
+	return s
+}
+
+// dial runs a client in the sandbox's cgroup and netns.
+func (s *sandbox) dial(t *testing.T, addr, msg string) (string, error) {
+	t.Helper()
+	cmd := privtest.Command(t, s.cg, s.ns, os.Args[0], addr, msg)
+	cmd.Env = append(os.Environ(), privtest.RoleEnv+"=dial")
+	out, err := cmd.Output()
+	if ee, ok := err.(*exec_ExitError); ok {
+		return string(out), &dialError{string(ee.Stderr)}
+	}
+	return string(out), err
+}
+
+func TestCaptureRecordsOriginalDestination(t *testing.T) {
+	s := newSandbox(t, Accel{IntoProxy: true})
+	vip := netip.MustParseAddrPort("10.96.0.10:80")
+	if err := s.dp.SyncServices([]Service{{Addr: vip.Addr(), Port: vip.Port(), ID: 7}}); err != nil {
+		t.Fatal(err)
+	}
+
+	got := make(chan Original, 1)
+	errc := make(chan error, 1)
+	go func() {
+		c, err := s.lis.Accept()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer c.Close()
+		orig, ok, err := s.dp.OriginalDst(netip.MustParseAddrPort(c.RemoteAddr().String()))
+		if err != nil || !ok {
+			errc <- err
+			return
+		}
+		got <- orig
+		b, _ := io.ReadAll(c)
+		_, _ = io.WriteString(c, "proxy saw "+string(b)+" for "+orig.Dst.String())
+	}()
+
+	out, err := s.dial(t, vip.String(), "hello")
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	select {
+	case orig := <-got:
+		if orig.Dst != vip || orig.ServiceID != 7 || orig.Cookie == 0 {
+			t.Fatalf("original destination = %+v, want %v id 7", orig, vip)
+		}
+	case err := <-errc:
+		t.Fatalf("proxy side: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("proxy never accepted")
+	}
+	if want := "proxy saw hello for 10.96.0.10:80"; out != want {
+		t.Fatalf("reply %q, want %q", out, want)
+	}
+	st, err := s.dp.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Captured != 1 || st.PairedApp != 1 {
+		t.Fatalf("stats %+v: want captured=1 paired_app=1", st)
+	}
+}
+
+func TestNoCaptureWithoutListener(t *testing.T) {
+	s := newSandbox(t, Accel{IntoProxy: true})
+	// A direct path to the service inside the sandbox netns.
+	privtest.MustRun(t, "ip", "-n", s.ns, "addr", "add", "10.96.0.11/32", "dev", "lo")
+	var direct net.Listener
+	privtest.InNetns(t, s.ns, func() {
+		var err error
+		if direct, err = net.Listen("tcp4", "10.96.0.11:8080"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer direct.Close()
+	go func() {
+		for {
+			c, err := direct.Accept()
+			if err != nil {
+				return
+			}
+			b, _ := io.ReadAll(c)
+			_, _ = io.WriteString(c, "direct "+string(b))
+			c.Close()
+		}
+	}()
+	if err := s.dp.SyncServices([]Service{{Addr: netip.MustParseAddr("10.96.0.11"), Port: 8080, ID: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	s.lis.Close() // the proxy is gone: connect() must not be rewritten
+	out, err := s.dial(t, "10.96.0.11:8080", "x")
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	if out != "direct x" {
+		t.Fatalf("reply %q: the connection did not take the direct path", out)
+	}
+	st, _ := s.dp.Stats()
+	if st.CaptureNoListener != 1 || st.Captured != 0 {
+		t.Fatalf("stats %+v: want capture_no_listener=1 captured=0", st)
+	}
+}
+
+func TestSyncServicesAddsAndRemoves(t *testing.T) {
+	s := newSandbox(t, Accel{})
+	a := Service{Addr: netip.MustParseAddr("10.0.0.1"), Port: 80, ID: 1}
+	b := Service{Port: 9080, ID: 2} // any address
+	if err := s.dp.SyncServices([]Service{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.dp.Services(); len(got) != 2 {
+		t.Fatalf("services %v, want 2", got)
+	}
+	if err := s.dp.SyncServices([]Service{b}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.dp.Services()
+	if len(got) != 1 || got[0].Port != 9080 || !got[0].Addr.IsUnspecified() {
+		t.Fatalf("services %v, want only *:9080", got)
+	}
+	if err := s.dp.SyncServices([]Service{{Addr: netip.MustParseAddr("::1"), Port: 1}}); err == nil {
+		t.Fatal("IPv6 service accepted")
+	}
+}
+
+func TestCloseDetachesAndUnpins(t *testing.T) {
+	s := newSandbox(t, Accel{IntoProxy: true})
+	if _, err := os.Stat(s.pin + "/mlt_services"); err != nil {
+		t.Fatalf("map not pinned: %v", err)
+	}
+	if n := attachedPrograms(t, s.cg); n != 2 {
+		t.Fatalf("%d programs attached to the test cgroup, want 2", n)
+	}
+	if err := s.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := attachedPrograms(t, s.cg); n != 0 {
+		t.Fatalf("%d programs still attached after Close", n)
+	}
+	if _, err := os.Stat(s.pin); !os.IsNotExist(err) {
+		t.Fatalf("pin folder left behind: %v", err)
+	}
+}
+
+func attachedPrograms(t *testing.T, cg string) int {
+	t.Helper()
+	n := 0
+	for _, typ := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupSockOps} {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: cgroupFD(t, cg), Attach: typ})
+		if err != nil {
+			t.Fatalf("query %s: %v", typ, err)
+		}
+		n += len(res.Programs)
+	}
+	return n
+}
+
+func cgroupFD(t *testing.T, cg string) int {
+	f, err := os.Open(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return int(f.Fd())
+}
+
+func TestLoadRejectsBadInput(t *testing.T) {
+	privtest.Root(t)
+	pin := privtest.BPFFS(t)
+	proxy := netip.MustParseAddrPort("127.0.0.1:15001")
+	cases := map[string]Options{
+		"missing cgroup": {Cgroup: "/sys/fs/cgroup/definitely-not-there-meshlet", PinPath: pin, Proxy: proxy},
+		"not a cgroup":   {Cgroup: os.TempDir(), PinPath: pin, Proxy: proxy},
+		"cgroup root":    {Cgroup: privtest.Cgroup2Root(t), PinPath: pin, Proxy: proxy},
+		"dot in pin":     {Cgroup: privtest.Cgroup(t), PinPath: pin + ".v1", Proxy: proxy},
+		"ipv6 proxy":     {Cgroup: privtest.Cgroup(t), PinPath: pin, Proxy: netip.MustParseAddrPort("[::1]:1")},
+	}
+	for name, o := range cases {
+		t.Run(name, func(t *testing.T) {
+			dp, err := Load(o)
+			if err == nil {
+				dp.Close()
+				t.Fatal("Load accepted bad input")
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error is not one line: %q", err)
+			}
+			t.Log(err)
+		})
+	}
+}
