@@ -158,12 +158,13 @@ func BPFFS(t testing.TB) string {
 
 // Command prepares cmd to start inside cgroup dir (clone3 CLONE_INTO_CGROUP)
 // and, if netns is not empty, inside that named network namespace (through
-// `ip netns exec`).
+// nsenter, which unlike `ip netns exec` keeps the mount namespace, so
+// /sys/fs/cgroup and bpffs stay visible).
 func Command(t testing.TB, cgroup, netns string, name string, args ...string) *exec.Cmd {
 	t.Helper()
 	if netns != "" {
-		args = append([]string{"netns", "exec", netns, name}, args...)
-		name = "ip"
+		args = append([]string{"--net=/run/netns/" + netns, name}, args...)
+		name = "nsenter"
 	}
 	cmd := exec.Command(name, args...)
 	if cgroup != "" {

@@ -1,0 +1,44 @@
+# meshlet: see README.md. Targets run from a clean checkout on Debian 12.
+GO      ?= go
+BIN     := bin
+GOFLAGS ?=
+export CGO_ENABLED ?= 0
+
+.PHONY: all build demo test test-unit test-priv bench generate check-generate fuzz vet vm-test clean deps
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/node-agent ./cmd/node-agent
+	$(GO) build -o $(BIN)/sample ./test/demo/sample
+
+# The README's first command: agent on its embedded default, meshed and
+# accelerated traffic, then clean up. Needs root.
+demo: build
+	bash test/demo/demo.sh
+
+# The README's second command: every test. Privileged tests fail (not skip)
+# when CI=true or MESHLET_REQUIRE_PRIV=1.
+test: build vet
+	$(GO) test -count=1 -timeout 30m ./...
+
+vet:
+	$(GO) vet ./...
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+
+# Rebuild the BPF object with clang (committed so `go build` needs no clang).
+generate:
+	$(GO) generate ./pkg/sockmap
+
+bench: build
+	$(GO) run ./test/bench/tcp -out docs/bench-tcp.md
+
+fuzz:
+	$(GO) test ./pkg/config -run '^$$' -fuzz FuzzParse -fuzztime 30s
+
+clean:
+	rm -rf $(BIN)
+
+# Debian packages the tests and benchmarks use.
+deps:
+	bash .ci/deps.sh

@@ -1,0 +1,72 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// bufSize is the copy buffer: large enough for a sockmap-redirected 64 KiB
+// message in one read.
+const bufSize = 64 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+type closeWriter interface{ CloseWrite() error }
+
+// pipe copies src to dst until EOF or error. At EOF it half-closes dst so the
+// peer sees the FIN while the other direction keeps flowing. idle > 0 bounds
+// how long a read may wait; the deadline is pushed forward at most once a
+// second so the hot path does not reset a timer per read.
+func pipe(dst, src net.Conn, idle time.Duration, counter *atomic.Uint64, lastRead *atomic.Int64) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	var armed time.Time
+	for {
+		if idle > 0 {
+			now := time.Now()
+			if now.Sub(armed) > time.Second {
+				armed = now
+				_ = src.SetReadDeadline(now.Add(idle))
+			}
+		}
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			lastRead.Store(time.Now().UnixNano())
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			counter.Add(uint64(n))
+		}
+		if rerr != nil {
+			if errors.Is(rerr, io.EOF) {
+				if cw, ok := dst.(closeWriter); ok {
+					_ = cw.CloseWrite()
+				}
+				return nil
+			}
+			if errors.Is(rerr, os.ErrDeadlineExceeded) && idle > 0 {
+				// Idle only if the other direction was quiet too.
+				if time.Since(time.Unix(0, lastRead.Load())) < idle {
+					armed = time.Time{}
+					continue
+				}
+				return errIdle
+			}
+			return rerr
+		}
+	}
+}
+
+var errIdle = errors.New("idle timeout")
+
+// isReset reports a peer reset or an aborted connection.
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
+}

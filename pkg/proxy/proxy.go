@@ -1,0 +1,268 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/meshlet/meshlet/pkg/state"
+)
+
+// OriginalDst answers "where was this captured connection going?" from the
+// application socket's address (the accepted connection's remote address).
+type OriginalDst interface {
+	OriginalDst(app netip.AddrPort) (dst netip.AddrPort, ok bool, err error)
+}
+
+// HTTPHandler serves a connection whose filter chain is an HTTP connection
+// manager.
+type HTTPHandler interface {
+	ServeHTTPConn(ctx context.Context, c net.Conn, chain *state.HTTP, snap *state.Snapshot, dst netip.AddrPort)
+}
+
+// Options configure a Proxy.
+type Options struct {
+	Log  *zap.Logger
+	Orig OriginalDst
+	// DialControl runs on each upstream socket before connect (the data
+	// path uses it to mark the agent's own sockets). accel asks for
+	// same-node acceleration of that socket.
+	DialControl func(accel bool) func(network, address string, c syscall.RawConn) error
+	// AccelUpstream pairs upstream sockets for acceleration.
+	AccelUpstream bool
+	HTTP          HTTPHandler
+}
+
+// Proxy is the capture listener's connection handler.
+type Proxy struct {
+	log   *zap.Logger
+	opts  Options
+	snap  atomic.Pointer[state.Snapshot]
+	stats Stats
+
+	wg sync.WaitGroup
+}
+
+// Stats are the proxy's counters.
+type Stats struct {
+	Accepted      atomic.Uint64
+	Active        atomic.Int64
+	NoOriginalDst atomic.Uint64
+	NoListener    atomic.Uint64
+	UpstreamFail  atomic.Uint64
+	BytesUp       atomic.Uint64 // downstream -> upstream
+	BytesDown     atomic.Uint64
+}
+
+// StatsView is a copy of the counters for reports.
+type StatsView struct {
+	Accepted      uint64 `json:"accepted"`
+	Active        int64  `json:"active"`
+	NoOriginalDst uint64 `json:"no_original_dst"`
+	NoListener    uint64 `json:"no_listener"`
+	UpstreamFail  uint64 `json:"upstream_connect_fail"`
+	BytesUp       uint64 `json:"bytes_up"`
+	BytesDown     uint64 `json:"bytes_down"`
+}
+
+// New returns a Proxy with no config: connections are refused until Update.
+func New(opts Options) *Proxy {
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	return &Proxy{log: opts.Log, opts: opts}
+}
+
+// Update swaps the config atomically. Connections already established keep
+// the snapshot they started with.
+func (p *Proxy) Update(s *state.Snapshot) { p.snap.Store(s) }
+
+// Snapshot returns the config in force.
+func (p *Proxy) Snapshot() *state.Snapshot { return p.snap.Load() }
+
+// Stats returns a copy of the counters.
+func (p *Proxy) Stats() StatsView {
+	s := &p.stats
+	return StatsView{
+		Accepted: s.Accepted.Load(), Active: s.Active.Load(), NoOriginalDst: s.NoOriginalDst.Load(),
+		NoListener: s.NoListener.Load(), UpstreamFail: s.UpstreamFail.Load(),
+		BytesUp: s.BytesUp.Load(), BytesDown: s.BytesDown.Load(),
+	}
+}
+
+// Serve accepts connections until ctx ends or the listener fails, then waits
+// for the connections it started.
+func (p *Proxy) Serve(ctx context.Context, lis net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { lis.Close() })
+	defer stop()
+	defer p.wg.Wait()
+	var backoff time.Duration
+	for {
+		c, err := lis.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				p.log.Warn("accept failed; backing off", zap.Error(err), zap.Duration("backoff", backoff))
+				select {
+				case <-time.After(backoff):
+				case <-ctx.Done():
+					return nil
+				}
+				continue
+			}
+			return fmt.Errorf("accept on %v: %w", lis.Addr(), err)
+		}
+		backoff = 0
+		p.stats.Accepted.Add(1)
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.handle(ctx, c)
+		}()
+	}
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if t, ok := a.(*net.TCPAddr); ok {
+		return t.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+func (p *Proxy) handle(ctx context.Context, c net.Conn) {
+	p.stats.Active.Add(1)
+	defer p.stats.Active.Add(-1)
+	defer c.Close()
+
+	src := addrPort(c.RemoteAddr())
+	dst, ok, err := p.opts.Orig.OriginalDst(src)
+	if err != nil {
+		p.log.Warn("original destination look-up failed", zap.Stringer("src", src), zap.Error(err))
+	}
+	if !ok {
+		// Not captured: an application dialled the proxy explicitly (or
+		// through IPVS); the local address is the destination.
+		p.stats.NoOriginalDst.Add(1)
+		dst = addrPort(c.LocalAddr())
+	}
+	snap := p.snap.Load()
+	if snap == nil {
+		p.stats.NoListener.Add(1)
+		p.log.Warn("no config yet; connection closed", zap.Stringer("src", src), zap.Stringer("dst", dst))
+		return
+	}
+	l := snap.Listener(dst)
+	if l == nil {
+		p.stats.NoListener.Add(1)
+		p.log.Info("no listener for destination", zap.Stringer("src", src), zap.Stringer("dst", dst))
+		return
+	}
+	chain := l.Chain(state.ChainInput{Dst: dst})
+	if chain == nil {
+		p.stats.NoListener.Add(1)
+		p.log.Info("no filter chain matched", zap.String("listener", l.Name), zap.Stringer("dst", dst))
+		return
+	}
+	switch {
+	case chain.TCP != nil:
+		p.serveTCP(ctx, c, snap, chain.TCP, src, dst)
+	case chain.HTTP != nil && p.opts.HTTP != nil:
+		p.opts.HTTP.ServeHTTPConn(ctx, c, chain.HTTP, snap, dst)
+	default:
+		p.stats.NoListener.Add(1)
+		p.log.Info("HTTP chain without an L7 handler; connection closed", zap.String("listener", l.Name))
+	}
+}
+
+// clusterFor resolves a tcp_proxy's cluster, choosing among weighted ones.
+func clusterFor(t *state.TCPProxy) string {
+	if len(t.Weighted) == 0 {
+		return t.Cluster
+	}
+	var total uint32
+	for _, w := range t.Weighted {
+		total += w.Weight
+	}
+	if total == 0 {
+		return t.Weighted[0].Name
+	}
+	x := rand.Uint32N(total)
+	for _, w := range t.Weighted {
+		if x < w.Weight {
+			return w.Name
+		}
+		x -= w.Weight
+	}
+	return t.Weighted[len(t.Weighted)-1].Name
+}
+
+// DialUpstream connects to an endpoint of the named cluster; the endpoint's
+// Active count is held until release is called.
+func (p *Proxy) DialUpstream(ctx context.Context, snap *state.Snapshot, cluster string, dst netip.AddrPort) (net.Conn, *state.Endpoint, error) {
+	cl := snap.Clusters[cluster]
+	if cl == nil {
+		return nil, nil, fmt.Errorf("cluster %q not found", cluster)
+	}
+	ep, err := cl.Pick(dst)
+	if err != nil {
+		return nil, nil, err
+	}
+	d := net.Dialer{Timeout: cl.ConnectTimeout}
+	if p.opts.DialControl != nil {
+		d.Control = p.opts.DialControl(p.opts.AccelUpstream)
+	}
+	up, err := d.DialContext(ctx, "tcp", ep.Addr.String())
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to %v of cluster %s: %w", ep.Addr, cluster, err)
+	}
+	return up, ep, nil
+}
+
+func (p *Proxy) serveTCP(ctx context.Context, c net.Conn, snap *state.Snapshot, t *state.TCPProxy, src, dst netip.AddrPort) {
+	cluster := clusterFor(t)
+	up, ep, err := p.DialUpstream(ctx, snap, cluster, dst)
+	if err != nil {
+		p.stats.UpstreamFail.Add(1)
+		p.log.Warn("upstream connect failed", zap.Stringer("src", src), zap.Stringer("dst", dst),
+			zap.String("cluster", cluster), zap.Error(err))
+		return
+	}
+	ep.Active.Add(1)
+	defer ep.Active.Add(-1)
+	defer up.Close()
+	p.log.Debug("proxying", zap.Stringer("src", src), zap.Stringer("dst", dst),
+		zap.String("cluster", cluster), zap.Stringer("upstream", ep.Addr))
+
+	// Shutting down aborts the connection.
+	stop := context.AfterFunc(ctx, func() { c.Close(); up.Close() })
+	defer stop()
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
+	errc := make(chan error, 2)
+	go func() { errc <- pipe(up, c, t.IdleTimeout, &p.stats.BytesUp, &last) }()
+	go func() { errc <- pipe(c, up, t.IdleTimeout, &p.stats.BytesDown, &last) }()
+	for i := 0; i < 2; i++ {
+		if err := <-errc; err != nil {
+			if !isReset(err) && !errors.Is(err, errIdle) {
+				p.log.Debug("connection ended with error", zap.Stringer("src", src), zap.Error(err))
+			}
+			// One direction failed: abort both.
+			c.Close()
+			up.Close()
+		}
+	}
+}

@@ -1,0 +1,190 @@
+package state
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+
+	"github.com/meshlet/meshlet/pkg/resources"
+)
+
+// Kind is how a cluster finds its endpoints.
+type Kind int
+
+const (
+	// KindEndpoints: STATIC or EDS, an explicit endpoint list.
+	KindEndpoints Kind = iota
+	// KindOriginalDst: connect to the connection's original destination
+	// (Istio's PassthroughCluster).
+	KindOriginalDst
+	// KindBlackhole: a STATIC cluster without endpoints; connections are
+	// refused.
+	KindBlackhole
+)
+
+// ErrNoHealthyEndpoint means a cluster has no endpoint to send to.
+var ErrNoHealthyEndpoint = errors.New("no healthy endpoint")
+
+// Endpoint is one upstream address.
+type Endpoint struct {
+	Addr   netip.AddrPort
+	Weight uint32
+	// Active counts connections the proxy has open to it (for
+	// LEAST_REQUEST). It belongs to this snapshot's Cluster.
+	Active atomic.Int64
+}
+
+// Cluster is a cluster with its endpoints and load balancer.
+type Cluster struct {
+	Name           string
+	Kind           Kind
+	ConnectTimeout time.Duration
+	LB             clusterv3.Cluster_LbPolicy
+	Endpoints      []*Endpoint
+
+	cum   []uint32 // cumulative weights for weighted round robin
+	total uint32
+	next  atomic.Uint32
+}
+
+func buildCluster(c *clusterv3.Cluster, set *resources.Set, issues *[]Issue) (*Cluster, error) {
+	out := &Cluster{Name: c.GetName(), LB: c.GetLbPolicy(), ConnectTimeout: 5 * time.Second}
+	if d := c.GetConnectTimeout(); d != nil {
+		out.ConnectTimeout = d.AsDuration()
+	}
+	note := func(format string, args ...any) {
+		*issues = append(*issues, Issue{Type: "cluster", Name: c.GetName(), Reason: fmt.Sprintf(format, args...)})
+	}
+	switch out.LB {
+	case clusterv3.Cluster_ROUND_ROBIN, clusterv3.Cluster_LEAST_REQUEST, clusterv3.Cluster_RANDOM:
+	case clusterv3.Cluster_CLUSTER_PROVIDED:
+	default:
+		note("lb_policy %s not implemented: round robin used", out.LB)
+		out.LB = clusterv3.Cluster_ROUND_ROBIN
+	}
+	if c.GetTransportSocket() != nil || len(c.GetTransportSocketMatches()) > 0 {
+		note("upstream TLS (transport_socket) not implemented yet: plaintext is used")
+	}
+
+	var la *endpointv3.ClusterLoadAssignment
+	switch t := c.GetClusterDiscoveryType().(type) {
+	case *clusterv3.Cluster_Type:
+		switch t.Type {
+		case clusterv3.Cluster_STATIC:
+			la = c.GetLoadAssignment()
+		case clusterv3.Cluster_EDS:
+			name := c.GetEdsClusterConfig().GetServiceName()
+			if name == "" {
+				name = c.GetName()
+			}
+			la = set.Endpoints[name]
+			if la == nil {
+				note("EDS assignment %q not received yet: no endpoints", name)
+			}
+		case clusterv3.Cluster_ORIGINAL_DST:
+			out.Kind = KindOriginalDst
+			return out, nil
+		case clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS:
+			// Hosts that are IP literals work; names need the DNS resolver.
+			la = c.GetLoadAssignment()
+			note("%s: only IP-literal endpoints are used (no DNS resolution yet)", t.Type)
+		default:
+			return nil, fmt.Errorf("discovery type %s unknown", t.Type)
+		}
+	case *clusterv3.Cluster_ClusterType:
+		note("custom cluster type %s not implemented: no endpoints", t.ClusterType.GetName())
+	case nil:
+		la = c.GetLoadAssignment()
+	}
+
+	for _, loc := range la.GetEndpoints() {
+		for _, lbe := range loc.GetLbEndpoints() {
+			switch lbe.GetHealthStatus() {
+			case corev3.HealthStatus_UNHEALTHY, corev3.HealthStatus_DRAINING, corev3.HealthStatus_TIMEOUT:
+				continue
+			}
+			sa := lbe.GetEndpoint().GetAddress().GetSocketAddress()
+			if sa == nil {
+				note("endpoint without a socket address skipped")
+				continue
+			}
+			ip, err := netip.ParseAddr(sa.GetAddress())
+			if err != nil {
+				if _, dns := c.GetClusterDiscoveryType().(*clusterv3.Cluster_Type); dns && (c.GetType() == clusterv3.Cluster_STRICT_DNS || c.GetType() == clusterv3.Cluster_LOGICAL_DNS) {
+					note("endpoint %q is a host name: skipped", sa.GetAddress())
+					continue
+				}
+				return nil, fmt.Errorf("endpoint address %q: %w", sa.GetAddress(), err)
+			}
+			port := sa.GetPortValue()
+			if port == 0 || port > 65535 {
+				return nil, fmt.Errorf("endpoint %s: port %d out of range", ip, port)
+			}
+			w := lbe.GetLoadBalancingWeight().GetValue()
+			if w == 0 {
+				w = 1
+			}
+			out.Endpoints = append(out.Endpoints, &Endpoint{Addr: netip.AddrPortFrom(ip, uint16(port)), Weight: w})
+		}
+	}
+	if len(out.Endpoints) == 0 && c.GetType() == clusterv3.Cluster_STATIC && la == nil {
+		out.Kind = KindBlackhole
+	}
+	for _, e := range out.Endpoints {
+		out.total += e.Weight
+		out.cum = append(out.cum, out.total)
+	}
+	return out, nil
+}
+
+// Pick chooses an endpoint for a new connection whose original destination
+// was dst.
+func (c *Cluster) Pick(dst netip.AddrPort) (*Endpoint, error) {
+	switch c.Kind {
+	case KindOriginalDst:
+		return &Endpoint{Addr: dst, Weight: 1}, nil
+	case KindBlackhole:
+		return nil, fmt.Errorf("cluster %s drops connections (no endpoints)", c.Name)
+	}
+	n := len(c.Endpoints)
+	if n == 0 {
+		return nil, fmt.Errorf("cluster %s: %w", c.Name, ErrNoHealthyEndpoint)
+	}
+	if n == 1 {
+		return c.Endpoints[0], nil
+	}
+	switch c.LB {
+	case clusterv3.Cluster_RANDOM:
+		return c.byWeight(rand.Uint32N(c.total)), nil
+	case clusterv3.Cluster_LEAST_REQUEST:
+		// Power of two choices on open connections.
+		a, b := c.byWeight(rand.Uint32N(c.total)), c.byWeight(rand.Uint32N(c.total))
+		if b.Active.Load() < a.Active.Load() {
+			return b, nil
+		}
+		return a, nil
+	default:
+		return c.byWeight((c.next.Add(1) - 1) % c.total), nil
+	}
+}
+
+// byWeight maps a point in [0, total) to its endpoint.
+func (c *Cluster) byWeight(x uint32) *Endpoint {
+	lo, hi := 0, len(c.cum)-1
+	for lo < hi {
+		mid := (lo + hi) / 2
+		if x < c.cum[mid] {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	return c.Endpoints[lo]
+}

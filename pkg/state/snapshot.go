@@ -1,0 +1,450 @@
+package state
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+
+	"github.com/meshlet/meshlet/pkg/resources"
+)
+
+// Issue is something in the config the agent does not honour.
+type Issue struct {
+	Type   string `json:"type"` // listener, cluster, route, endpoint
+	Name   string `json:"name"`
+	Reason string `json:"reason"`
+}
+
+// Capture is one entry of the capture table.
+type Capture struct {
+	// Addr is the service address, or the zero Addr for "any address".
+	Addr     netip.Addr
+	Port     uint16
+	Listener string
+}
+
+// Snapshot is the runtime config built from one resources.Set.
+type Snapshot struct {
+	Version  string
+	Captures []Capture
+	Clusters map[string]*Cluster
+	Routes   map[string]*routev3.RouteConfiguration
+	Issues   []Issue
+
+	exact    map[netip.AddrPort]*Listener
+	wildcard map[uint16]*Listener
+	// dispatch is the use_original_dst listener (Istio's virtualOutbound):
+	// the fall-back for destinations no other listener names.
+	dispatch *Listener
+}
+
+// Listener is a listener reduced to what dispatch needs.
+type Listener struct {
+	Name    string
+	Addr    netip.AddrPort
+	Chains  []*FilterChain
+	Default *FilterChain
+	// Sniff is true when some chain matches on transport or application
+	// protocol, so the proxy must look at the first bytes before choosing.
+	Sniff bool
+}
+
+// FilterChain is one filter chain: its match and its terminal filter.
+type FilterChain struct {
+	Name  string
+	Match ChainMatch
+	// Exactly one of TCP and HTTP is set.
+	TCP  *TCPProxy
+	HTTP *HTTP
+}
+
+// ChainMatch is the subset of FilterChainMatch the agent evaluates.
+type ChainMatch struct {
+	DestinationPort      uint16
+	PrefixRanges         []netip.Prefix
+	ServerNames          []string
+	TransportProtocol    string
+	ApplicationProtocols []string
+}
+
+// TCPProxy is envoy.filters.network.tcp_proxy.
+type TCPProxy struct {
+	StatPrefix  string
+	Cluster     string
+	Weighted    []WeightedCluster
+	IdleTimeout time.Duration
+}
+
+// WeightedCluster is one branch of a weighted split.
+type WeightedCluster struct {
+	Name   string
+	Weight uint32
+}
+
+// HTTP is envoy.filters.network.http_connection_manager: the L7 data plane
+// interprets it; RouteName names an RDS config when Inline is nil.
+type HTTP struct {
+	Config    *hcmv3.HttpConnectionManager
+	RouteName string
+	Inline    *routev3.RouteConfiguration
+}
+
+// Options constrain Build.
+type Options struct {
+	// ReservedPorts are the agent's own ports (proxy, admin): a listener
+	// asking to capture one of them is refused.
+	ReservedPorts []uint16
+}
+
+// Build translates set into a Snapshot. It returns an error, and nothing is
+// applied, when a resource is invalid; things it merely does not support
+// are listed in Snapshot.Issues.
+func Build(set *resources.Set, opts Options) (*Snapshot, error) {
+	s := &Snapshot{
+		Version:  set.Version,
+		Clusters: map[string]*Cluster{},
+		Routes:   set.Routes,
+		exact:    map[netip.AddrPort]*Listener{},
+		wildcard: map[uint16]*Listener{},
+	}
+	if s.Routes == nil {
+		s.Routes = map[string]*routev3.RouteConfiguration{}
+	}
+	names := make([]string, 0, len(set.Clusters))
+	for n := range set.Clusters {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		c, err := buildCluster(set.Clusters[n], set, &s.Issues)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", n, err)
+		}
+		s.Clusters[n] = c
+	}
+
+	names = names[:0]
+	for n := range set.Listeners {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err := s.addListener(set.Listeners[n], opts); err != nil {
+			return nil, fmt.Errorf("listener %q: %w", n, err)
+		}
+	}
+	sort.Slice(s.Captures, func(i, j int) bool {
+		a, b := s.Captures[i], s.Captures[j]
+		if a.Port != b.Port {
+			return a.Port < b.Port
+		}
+		return a.Addr.Less(b.Addr)
+	})
+	return s, nil
+}
+
+func (s *Snapshot) issue(typ, name, format string, args ...any) {
+	s.Issues = append(s.Issues, Issue{Type: typ, Name: name, Reason: fmt.Sprintf(format, args...)})
+}
+
+func (s *Snapshot) addListener(l *listenerv3.Listener, opts Options) error {
+	name := l.GetName()
+	if l.GetAddress() == nil {
+		if l.GetInternalListener() == nil && l.GetApiListener() == nil {
+			s.issue("listener", name, "no address: nothing to capture")
+		} else {
+			s.issue("listener", name, "internal or API listener: not captured")
+		}
+		return nil
+	}
+	sa := l.GetAddress().GetSocketAddress()
+	if sa == nil {
+		s.issue("listener", name, "address is not a socket address (pipe or internal): not captured")
+		return nil
+	}
+	if sa.GetProtocol() == corev3.SocketAddress_UDP {
+		s.issue("listener", name, "UDP listener: not captured")
+		return nil
+	}
+	ip, err := netip.ParseAddr(sa.GetAddress())
+	if err != nil {
+		return fmt.Errorf("address %q: %w", sa.GetAddress(), err)
+	}
+	pv, ok := sa.GetPortSpecifier().(*corev3.SocketAddress_PortValue)
+	if !ok || pv.PortValue == 0 || pv.PortValue > 65535 {
+		return fmt.Errorf("port: a port_value in 1..65535 is required")
+	}
+	port := uint16(pv.PortValue)
+	lis := &Listener{Name: name, Addr: netip.AddrPortFrom(ip, port)}
+	for i, fc := range l.GetFilterChains() {
+		c, err := s.buildChain(name, fc, i)
+		if err != nil {
+			return err
+		}
+		if c != nil {
+			lis.Chains = append(lis.Chains, c)
+		}
+	}
+	if fc := l.GetDefaultFilterChain(); fc != nil {
+		c, err := s.buildChain(name, fc, -1)
+		if err != nil {
+			return err
+		}
+		lis.Default = c
+	}
+	for _, c := range lis.Chains {
+		if c.Match.TransportProtocol != "" || len(c.Match.ApplicationProtocols) > 0 {
+			lis.Sniff = true
+		}
+	}
+
+	if l.GetUseOriginalDst().GetValue() {
+		if s.dispatch != nil {
+			return fmt.Errorf("second use_original_dst listener (first is %q)", s.dispatch.Name)
+		}
+		s.dispatch = lis
+		return nil
+	}
+	if l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND {
+		s.issue("listener", name, "inbound listener: inbound capture is not implemented")
+		return nil
+	}
+	if !ip.Is4() {
+		if ip.Is6() && ip.IsUnspecified() {
+			// [::]:port: capture the port for IPv4 too, like a dual-stack bind.
+			ip = netip.IPv4Unspecified()
+		} else {
+			s.issue("listener", name, "IPv6 address %v: only IPv4 is captured", ip)
+			return nil
+		}
+	}
+	for _, r := range opts.ReservedPorts {
+		if port == r {
+			return fmt.Errorf("asks to capture port %d, which is the agent's own", port)
+		}
+	}
+	key := netip.AddrPortFrom(ip, port)
+	if ip.IsUnspecified() {
+		if prev := s.wildcard[port]; prev != nil {
+			return fmt.Errorf("captures *:%d, already captured by listener %q", port, prev.Name)
+		}
+		s.wildcard[port] = lis
+		s.Captures = append(s.Captures, Capture{Port: port, Listener: name})
+		return nil
+	}
+	if prev := s.exact[key]; prev != nil {
+		return fmt.Errorf("captures %v, already captured by listener %q", key, prev.Name)
+	}
+	s.exact[key] = lis
+	s.Captures = append(s.Captures, Capture{Addr: ip, Port: port, Listener: name})
+	return nil
+}
+
+func (s *Snapshot) buildChain(lname string, fc *listenerv3.FilterChain, idx int) (*FilterChain, error) {
+	cname := fc.GetName()
+	if cname == "" {
+		cname = fmt.Sprintf("#%d", idx)
+		if idx < 0 {
+			cname = "default"
+		}
+	}
+	c := &FilterChain{Name: cname}
+	if m := fc.GetFilterChainMatch(); m != nil {
+		if p := m.GetDestinationPort(); p != nil {
+			if p.GetValue() == 0 || p.GetValue() > 65535 {
+				return nil, fmt.Errorf("filter chain %s: destination_port %d out of range", cname, p.GetValue())
+			}
+			c.Match.DestinationPort = uint16(p.GetValue())
+		}
+		for _, r := range m.GetPrefixRanges() {
+			a, err := netip.ParseAddr(r.GetAddressPrefix())
+			if err != nil {
+				return nil, fmt.Errorf("filter chain %s: prefix %q: %w", cname, r.GetAddressPrefix(), err)
+			}
+			bits := a.BitLen()
+			if r.GetPrefixLen() != nil {
+				bits = int(r.GetPrefixLen().GetValue())
+			}
+			p, err := a.Prefix(bits)
+			if err != nil {
+				return nil, fmt.Errorf("filter chain %s: prefix %s/%d: %w", cname, a, bits, err)
+			}
+			c.Match.PrefixRanges = append(c.Match.PrefixRanges, p)
+		}
+		c.Match.ServerNames = m.GetServerNames()
+		c.Match.TransportProtocol = m.GetTransportProtocol()
+		c.Match.ApplicationProtocols = m.GetApplicationProtocols()
+		if len(m.GetSourcePrefixRanges()) > 0 || len(m.GetSourcePorts()) > 0 || len(m.GetDirectSourcePrefixRanges()) > 0 {
+			s.issue("listener", lname, "filter chain %s: source matches are ignored", cname)
+		}
+	}
+	if fc.GetTransportSocket() != nil {
+		s.issue("listener", lname, "filter chain %s: downstream TLS is not implemented; chain skipped", cname)
+		return nil, nil
+	}
+	for _, f := range fc.GetFilters() {
+		switch f.GetName() {
+		case "envoy.filters.network.tcp_proxy", "envoy.tcp_proxy":
+			var tp tcpv3.TcpProxy
+			if err := f.GetTypedConfig().UnmarshalTo(&tp); err != nil {
+				return nil, fmt.Errorf("filter chain %s: tcp_proxy: %w", cname, err)
+			}
+			t := &TCPProxy{StatPrefix: tp.GetStatPrefix(), Cluster: tp.GetCluster()}
+			for _, w := range tp.GetWeightedClusters().GetClusters() {
+				t.Weighted = append(t.Weighted, WeightedCluster{Name: w.GetName(), Weight: w.GetWeight()})
+			}
+			if t.Cluster == "" && len(t.Weighted) == 0 {
+				return nil, fmt.Errorf("filter chain %s: tcp_proxy names no cluster", cname)
+			}
+			if d := tp.GetIdleTimeout(); d != nil {
+				t.IdleTimeout = d.AsDuration()
+			} else {
+				t.IdleTimeout = time.Hour // Envoy's default
+			}
+			c.TCP = t
+		case "envoy.filters.network.http_connection_manager", "envoy.http_connection_manager":
+			var h hcmv3.HttpConnectionManager
+			if err := f.GetTypedConfig().UnmarshalTo(&h); err != nil {
+				return nil, fmt.Errorf("filter chain %s: http_connection_manager: %w", cname, err)
+			}
+			hh := &HTTP{Config: &h}
+			switch {
+			case h.GetRds() != nil:
+				hh.RouteName = h.GetRds().GetRouteConfigName()
+			case h.GetRouteConfig() != nil:
+				hh.Inline = h.GetRouteConfig()
+			default:
+				return nil, fmt.Errorf("filter chain %s: http_connection_manager has neither rds nor route_config", cname)
+			}
+			c.HTTP = hh
+		default:
+			// Telemetry and policy filters (Istio stats, metadata exchange,
+			// RBAC...) are skipped by name.
+			s.issue("listener", lname, "filter chain %s: network filter %s ignored", cname, f.GetName())
+		}
+		if c.TCP != nil || c.HTTP != nil {
+			break
+		}
+	}
+	if c.TCP == nil && c.HTTP == nil {
+		s.issue("listener", lname, "filter chain %s: no tcp_proxy or http_connection_manager; chain skipped", cname)
+		return nil, nil
+	}
+	return c, nil
+}
+
+// Listener returns the listener that handles a connection whose original
+// destination is dst: the exact address first, then the wildcard address on
+// the port, then the use_original_dst listener. Nil means no listener.
+func (s *Snapshot) Listener(dst netip.AddrPort) *Listener {
+	if l := s.exact[dst]; l != nil {
+		return l
+	}
+	if l := s.wildcard[dst.Port()]; l != nil {
+		return l
+	}
+	return s.dispatch
+}
+
+// ChainInput is what is known about a connection when choosing its chain.
+type ChainInput struct {
+	Dst netip.AddrPort
+	// Transport is "raw_buffer" or "tls".
+	Transport string
+	// AppProtocol is "http/1.1", "http/1.0", "h2c" or "" (unknown).
+	AppProtocol string
+	ServerName  string
+}
+
+// Chain selects the filter chain by Envoy's FilterChainMatch precedence
+// (destination port, destination prefix, server name, transport protocol,
+// application protocols), falling back to the default chain.
+func (l *Listener) Chain(in ChainInput) *FilterChain {
+	cands := l.Chains
+	// 1. destination port: chains naming the port win over chains without.
+	cands = narrow(cands, func(c *FilterChain) (bool, bool) {
+		return c.Match.DestinationPort != 0, c.Match.DestinationPort == in.Dst.Port()
+	})
+	// 2. destination prefix: the longest matching prefix wins.
+	best := -1
+	for _, c := range cands {
+		for _, p := range c.Match.PrefixRanges {
+			if p.Contains(in.Dst.Addr().Unmap()) && p.Bits() > best {
+				best = p.Bits()
+			}
+		}
+	}
+	cands = narrow(cands, func(c *FilterChain) (bool, bool) {
+		if len(c.Match.PrefixRanges) == 0 {
+			return false, false
+		}
+		for _, p := range c.Match.PrefixRanges {
+			if p.Contains(in.Dst.Addr().Unmap()) && p.Bits() == best {
+				return true, true
+			}
+		}
+		return true, false
+	})
+	// 3. server names.
+	cands = narrow(cands, func(c *FilterChain) (bool, bool) {
+		if len(c.Match.ServerNames) == 0 {
+			return false, false
+		}
+		return true, in.ServerName != "" && contains(c.Match.ServerNames, in.ServerName)
+	})
+	// 4. transport protocol.
+	transport := in.Transport
+	if transport == "" {
+		transport = "raw_buffer"
+	}
+	cands = narrow(cands, func(c *FilterChain) (bool, bool) {
+		return c.Match.TransportProtocol != "", c.Match.TransportProtocol == transport
+	})
+	// 5. application protocols.
+	cands = narrow(cands, func(c *FilterChain) (bool, bool) {
+		if len(c.Match.ApplicationProtocols) == 0 {
+			return false, false
+		}
+		return true, in.AppProtocol != "" && contains(c.Match.ApplicationProtocols, in.AppProtocol)
+	})
+	if len(cands) > 0 {
+		return cands[0]
+	}
+	return l.Default
+}
+
+// narrow keeps the chains whose criterion is set and matches; if there are
+// none, the chains whose criterion is not set. Chains whose criterion is set
+// but does not match are dropped either way.
+func narrow(cands []*FilterChain, f func(*FilterChain) (set, match bool)) []*FilterChain {
+	var specific, generic []*FilterChain
+	for _, c := range cands {
+		set, match := f(c)
+		switch {
+		case set && match:
+			specific = append(specific, c)
+		case !set:
+			generic = append(generic, c)
+		}
+	}
+	if len(specific) > 0 {
+		return specific
+	}
+	return generic
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
