@@ -168,7 +168,7 @@ func cmdRun(args []string) error {
 		cfg.Admin.Listen = *adminListen
 	}
 	if *accel != "" {
-		cfg.Capture.Acceleration = *accel
+		cfg.Capture.Acceleration = config.AccelMode(*accel)
 	}
 	if *intoApp {
 		cfg.Capture.IntoApp = true

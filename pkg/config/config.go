@@ -33,7 +33,7 @@ type Capture struct {
 	BPFFS string `json:"bpffs"`
 	// Acceleration: "auto" (on where the compatibility suite passed),
 	// "on", or "off" (the kill switch; capture keeps working).
-	Acceleration string `json:"acceleration"`
+	Acceleration AccelMode `json:"acceleration"`
 	// IntoProxy accelerates application sends into the proxy (default on).
 	IntoProxy *bool `json:"into_proxy,omitempty"`
 	// IntoApp accelerates proxy sends into application sockets (default
@@ -152,3 +152,25 @@ func (c *Config) Resources() (*resources.Set, error) {
 
 // ProxyAddr is proxy.listen parsed.
 func (c *Config) ProxyAddr() netip.AddrPort { return netip.MustParseAddrPort(c.Proxy.Listen) }
+
+// AccelMode is "auto", "on" or "off". YAML 1.1 reads a bare on/off as a
+// boolean, so booleans are accepted too.
+type AccelMode string
+
+// UnmarshalJSON accepts a string or a boolean.
+func (m *AccelMode) UnmarshalJSON(b []byte) error {
+	switch string(b) {
+	case "true":
+		*m = "on"
+		return nil
+	case "false":
+		*m = "off"
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("acceleration: want auto, on or off")
+	}
+	*m = AccelMode(s)
+	return nil
+}
