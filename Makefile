@@ -30,8 +30,9 @@ vet:
 generate:
 	$(GO) generate ./pkg/sockmap
 
+# Benchmarks (not timed tests): same-node TCP paths side by side.
 bench: build
-	$(GO) run ./test/bench/tcp -out docs/bench-tcp.md
+	MESHLET_BENCH=1 MESHLET_BENCH_OUT=$(CURDIR)/docs/bench-tcp.md $(GO) test -count=1 -timeout 30m -run 'TestBenchTCP' -v ./test/e2e
 
 fuzz:
 	$(GO) test ./pkg/config -run '^$$' -fuzz FuzzParse -fuzztime 30s

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"sync"
 	"time"
@@ -216,7 +217,10 @@ type ConfigStatus struct {
 }
 
 func (a *Agent) status() Status {
-	st := Status{Mode: a.mode, Uptime: time.Since(a.started).Round(time.Second).String(), Proxy: a.proxyAddr.String()}
+	a.mu.Lock()
+	mode := a.mode
+	a.mu.Unlock()
+	st := Status{Mode: mode, Uptime: time.Since(a.started).Round(time.Second).String(), Proxy: a.proxyAddr.String()}
 	snap := a.proxy.Snapshot()
 	if snap != nil {
 		st.Config = ConfigStatus{Version: snap.Version, Source: "static", Clusters: len(snap.Clusters), Issues: snap.Issues}
@@ -261,6 +265,14 @@ func (a *Agent) adminHandler() http.Handler {
 			return
 		}
 		acc := a.dp.Accel()
+		switch v := r.URL.Query().Get("into_app"); v {
+		case "":
+		case "true", "false":
+			acc.IntoApp = v == "true"
+		default:
+			http.Error(w, fmt.Sprintf("into_app %q: want true or false", v), http.StatusBadRequest)
+			return
+		}
 		switch m := r.URL.Query().Get("mode"); m {
 		case "off":
 			acc.Off = true
@@ -281,5 +293,9 @@ func (a *Agent) adminHandler() http.Handler {
 		a.log.Info("acceleration switched", zap.String("acceleration", a.mode.Acceleration))
 		fmt.Fprintln(w, "acceleration", a.mode.Acceleration)
 	})
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }

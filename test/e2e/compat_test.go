@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/meshlet/meshlet/internal/privtest"
 )
@@ -34,6 +35,7 @@ var accelModes = []struct {
 	name    string
 	intoApp bool
 }{{"into-proxy", false}, {"into-proxy+into-app", true}}
+
 
 // checkAccelerated asserts the run was captured and redirected.
 func checkAccelerated(t *testing.T, m *mesh) {
@@ -236,7 +238,9 @@ func TestCompatPythonAsyncio(t *testing.T) {
 			m.daemon(m.app("python3", filepath.Join(dir, "server.py"), "18070"))
 			m.waitPort("127.0.0.1:18070")
 			m.start(meshConfig("on", mode.intoApp, svc{Name: "echo", Listen: "10.96.1.6:7070", Endpoints: []string{"127.0.0.1:18070"}}))
+			start := time.Now()
 			out := run(t, m.app("python3", filepath.Join(dir, "client.py"), "10.96.1.6", "7070", "8", fmt.Sprint(mib)))
+			t.Logf("asyncio client: %v", time.Since(start))
 			if strings.TrimSpace(out) != "ok 8" {
 				t.Fatalf("client: %q", out)
 			}

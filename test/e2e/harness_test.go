@@ -68,6 +68,12 @@ func runRole(role string, args []string) int {
 		err = roleBulk(args)
 	case "splice-proxy": // LISTEN UPSTREAM: io.Copy both ways (splice on Linux)
 		err = roleSpliceProxy(args)
+	case "echo-server": // LISTEN: echo with a read/write loop; bulk sink on a second port
+		err = roleEchoServer(args)
+	case "pingpong": // ADDR SIZE COUNT: print JSON latencies
+		err = rolePingPong(args)
+	case "bulk-send": // ADDR BYTES: print JSON throughput
+		err = roleBulkSend(args)
 	default:
 		err = fmt.Errorf("unknown role %q", role)
 	}
@@ -389,4 +395,9 @@ func (m *mesh) waitPort(addr string) {
 		c.Close()
 		return true
 	})
+}
+
+func runOut(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return string(out), err
 }
