@@ -49,8 +49,8 @@ func newSandbox(t *testing.T, accel Accel) *sandbox {
 	}
 	dp, err := Load(Options{
 		Cgroup: s.cg, PinPath: s.pin,
-		Proxy:  netip.MustParseAddrPort(s.lis.Addr().String()),
-		Accel:  accel, StreamVerdict: true, Logger: zaptest.NewLogger(t),
+		Proxy: netip.MustParseAddrPort(s.lis.Addr().String()),
+		Accel: accel, StreamVerdict: true, Logger: zaptest.NewLogger(t),
 	})
 	if err != nil {
 		t.Fatalf("load: %v", err)

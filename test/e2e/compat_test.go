@@ -36,7 +36,6 @@ var accelModes = []struct {
 	intoApp bool
 }{{"into-proxy", false}, {"into-proxy+into-app", true}}
 
-
 // checkAccelerated asserts the run was captured and redirected.
 func checkAccelerated(t *testing.T, m *mesh) {
 	t.Helper()

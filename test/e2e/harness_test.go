@@ -200,14 +200,14 @@ func (s *bulkServer) result() (int, []error) {
 
 // mesh is one running agent in its own sandbox.
 type mesh struct {
-	t                          *testing.T
-	ns, cg, agentCG, appsCG    string
-	pin                        string
-	cmd                        *exec.Cmd
-	log                        *syncBuffer
-	http                       *http.Client
-	exited                     chan struct{}
-	stopped                    bool
+	t                       *testing.T
+	ns, cg, agentCG, appsCG string
+	pin                     string
+	cmd                     *exec.Cmd
+	log                     *syncBuffer
+	http                    *http.Client
+	exited                  chan struct{}
+	stopped                 bool
 }
 
 type syncBuffer struct {
