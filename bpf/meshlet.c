@@ -83,14 +83,26 @@ struct {
 	__type(value, __u64);
 } mlt_sock_proxy SEC(".maps");
 
-// Senders that missed once: they stay on the TCP path for good, so bytes
-// are never reordered between the TCP receive queue and the psock queue.
+// Per paired socket: bytes it sent through the proxy, and flags (a sender
+// that missed once stays on TCP for good, so bytes are never reordered
+// between the TCP receive queue and the psock queue; kernel forwarding arms
+// once the proxy has relayed every byte sent before).
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MAX_CONNS);
 	__type(key, struct sock_key);
-	__type(value, __u32);
-} mlt_taint SEC(".maps");
+	__type(value, struct sk_state);
+} mlt_sk_state SEC(".maps");
+
+// Kernel forwarding set up by the proxy for plain TCP routes: sends of the
+// key socket go straight to the target (egress of the proxy's other socket,
+// or the receive queue of the socket at the other end), skipping the proxy.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_CONNS);
+	__type(key, struct sock_key);
+	__type(value, struct fwd);
+} mlt_fwd SEC(".maps");
 
 // Expected server-side sockets of proxy upstream connections (keyed by the
 // server's view of the tuple).
@@ -201,6 +213,13 @@ static __always_inline void reverse_key(const struct sock_key *in, struct sock_k
 	out->remote_port = in->local_port;
 }
 
+// new_state starts a paired socket's record before it can send anything.
+static __always_inline void new_state(struct sock_key *k)
+{
+	struct sk_state st = {};
+	bpf_map_update_elem(&mlt_sk_state, k, &st, BPF_ANY);
+}
+
 static __always_inline void active_established(struct bpf_sock_ops *skops, struct stats *st)
 {
 	struct sock_key k = {};
@@ -219,7 +238,7 @@ static __always_inline void active_established(struct bpf_sock_ops *skops, struc
 		};
 		bpf_map_update_elem(&mlt_conns, &ck, &cv, BPF_ANY);
 		bpf_map_delete_elem(&mlt_origdst, &cookie);
-		bpf_map_delete_elem(&mlt_taint, &k);
+		new_state(&k);
 		if (bpf_sock_hash_update(skops, &mlt_sock_app, &k, BPF_ANY) == 0) {
 			if (st)
 				st->paired_app++;
@@ -233,7 +252,7 @@ static __always_inline void active_established(struct bpf_sock_ops *skops, struc
 	if (!flags || !(*flags & BYPASS_ACCEL_UPSTREAM))
 		return;
 	// The proxy's upstream socket: pair it, and expect its server side.
-	bpf_map_delete_elem(&mlt_taint, &k);
+	new_state(&k);
 	if (bpf_sock_hash_update(skops, &mlt_sock_proxy, &k, BPF_ANY) != 0) {
 		if (st)
 			st->pair_errors++;
@@ -261,7 +280,7 @@ static __always_inline void passive_established(struct bpf_sock_ops *skops, stru
 		struct conn_key ck = {.addr = k.remote_addr, .port = k.remote_port};
 		if (!bpf_map_lookup_elem(&mlt_conns, &ck))
 			return;
-		bpf_map_delete_elem(&mlt_taint, &k);
+		new_state(&k);
 		if (bpf_sock_hash_update(skops, &mlt_sock_proxy, &k, BPF_ANY) == 0) {
 			if (st)
 				st->paired_proxy++;
@@ -275,7 +294,7 @@ static __always_inline void passive_established(struct bpf_sock_ops *skops, stru
 		return;
 	// A same-node server accepted one of the proxy's upstream connections.
 	bpf_map_delete_elem(&mlt_up_peers, &k);
-	bpf_map_delete_elem(&mlt_taint, &k);
+	new_state(&k);
 	if (bpf_sock_hash_update(skops, &mlt_sock_app, &k, BPF_ANY) == 0) {
 		if (st)
 			st->paired_server++;
@@ -300,19 +319,61 @@ int meshlet_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-static __always_inline int redirect(struct sk_msg_md *msg, void *peers, __u32 direction_flag)
+static __always_inline void count_pass(struct stats *st, __u32 size)
+{
+	if (st) {
+		st->pass_msgs++;
+		st->pass_bytes += size;
+	}
+}
+
+// forward applies kernel forwarding when the proxy armed it for this
+// sender. It returns 1 when the message was forwarded.
+static __always_inline int forward(struct sk_msg_md *msg, struct sock_key *self, struct sk_state *ss,
+				   struct stats *st, __u32 size)
+{
+	struct fwd *f = bpf_map_lookup_elem(&mlt_fwd, self);
+	if (!f || (ss->flags & SKS_FWD_DEAD))
+		return 0;
+	if (!(ss->flags & SKS_FWD_ARMED)) {
+		// Arm only when the proxy has relayed every byte this socket
+		// sent so far: then nothing sent later can overtake them.
+		if (f->relayed != ss->sent)
+			return 0;
+		// Straight into the far socket's receive queue, and only if
+		// everything the proxy sent it went that way too. (Redirecting
+		// to the egress of the proxy's other socket is not used: under
+		// back-pressure the sender's wake-up is lost.)
+		struct sock_key via = f->via;
+		struct sk_state *vs = bpf_map_lookup_elem(&mlt_sk_state, &via);
+		if (!vs || (vs->flags & SKS_TAINTED)) {
+			ss->flags |= SKS_FWD_DEAD;
+			return 0;
+		}
+		ss->flags |= SKS_FWD_ARMED;
+		if (st)
+			st->fwd_armed++;
+	}
+	struct sock_key target = f->target;
+	long ret = bpf_msg_redirect_hash(msg, &mlt_sock_app, &target, BPF_F_INGRESS);
+	if (ret == SK_PASS) {
+		if (st) {
+			st->fwd_msgs++;
+			st->fwd_bytes += size;
+		}
+		return 1;
+	}
+	// The target is gone (the connection is closing): back to the proxy,
+	// for good. Bytes still go in order: the proxy appends after them.
+	ss->flags |= SKS_FWD_DEAD;
+	return 0;
+}
+
+static __always_inline int redirect(struct sk_msg_md *msg, void *peers, __u32 direction_flag, int may_forward)
 {
 	struct stats *st = stats();
 	struct agent_config *cfg = config();
 	__u32 size = msg->size;
-
-	if (!cfg || (cfg->flags & CFG_ACCEL_OFF) || !(cfg->flags & direction_flag)) {
-		if (st) {
-			st->pass_msgs++;
-			st->pass_bytes += size;
-		}
-		return SK_PASS;
-	}
 
 	struct sock_key self = {
 		.local_addr = msg->local_ip4,
@@ -320,11 +381,31 @@ static __always_inline int redirect(struct sk_msg_md *msg, void *peers, __u32 di
 		.local_port = (__u16)msg->local_port,
 		.remote_port = (__u16)bpf_ntohl(msg->remote_port),
 	};
-	if (bpf_map_lookup_elem(&mlt_taint, &self)) {
-		if (st) {
-			st->pass_msgs++;
-			st->pass_bytes += size;
+	struct sk_state *ss = bpf_map_lookup_elem(&mlt_sk_state, &self);
+	int off = !cfg || (cfg->flags & CFG_ACCEL_OFF);
+
+	if (ss && may_forward) {
+		if (off || (cfg->flags & CFG_NO_FORWARD)) {
+			if (ss->flags & SKS_FWD_ARMED)
+				ss->flags |= SKS_FWD_DEAD;
+		} else if (forward(msg, &self, ss, st, size)) {
+			return SK_PASS;
 		}
+	}
+	// From here the bytes go to the proxy's socket: count them so the
+	// proxy can tell when it has relayed them all.
+	if (ss)
+		__sync_fetch_and_add(&ss->sent, size);
+
+	if (!ss) {
+		count_pass(st, size);
+		return SK_PASS;
+	}
+	if (off || !(cfg->flags & direction_flag) || (ss->flags & SKS_TAINTED)) {
+		// Once bytes went through TCP, this socket never redirects into
+		// its peer's queue again (they could overtake them).
+		ss->flags |= SKS_TAINTED;
+		count_pass(st, size);
 		return SK_PASS;
 	}
 	struct sock_key peer = {};
@@ -338,8 +419,7 @@ static __always_inline int redirect(struct sk_msg_md *msg, void *peers, __u32 di
 	}
 	// Peer not (yet) paired: send through TCP, and keep this socket on TCP
 	// from now on so later redirected bytes cannot overtake these.
-	__u32 one = 1;
-	bpf_map_update_elem(&mlt_taint, &self, &one, BPF_ANY);
+	ss->flags |= SKS_TAINTED;
 	if (st) {
 		st->miss_msgs++;
 		st->miss_bytes += size;
@@ -351,14 +431,14 @@ static __always_inline int redirect(struct sk_msg_md *msg, void *peers, __u32 di
 SEC("sk_msg")
 int meshlet_msg_app(struct sk_msg_md *msg)
 {
-	return redirect(msg, &mlt_sock_proxy, CFG_ACCEL_INTO_PROXY);
+	return redirect(msg, &mlt_sock_proxy, CFG_ACCEL_INTO_PROXY, 1);
 }
 
 // Sends by the proxy's sockets go into application sockets.
 SEC("sk_msg")
 int meshlet_msg_proxy(struct sk_msg_md *msg)
 {
-	return redirect(msg, &mlt_sock_app, CFG_ACCEL_INTO_APP);
+	return redirect(msg, &mlt_sock_app, CFG_ACCEL_INTO_APP, 0);
 }
 
 SEC("sk_skb/stream_verdict")

@@ -14,6 +14,13 @@
 #define CFG_ACCEL_OFF (1U << 0)        // global kill switch: no redirects
 #define CFG_ACCEL_INTO_PROXY (1U << 1) // app/server sends -> proxy sockets
 #define CFG_ACCEL_INTO_APP (1U << 2)   // proxy sends -> app/server sockets
+#define CFG_NO_FORWARD (1U << 3)       // no kernel forwarding of TCP routes
+
+// sk_state.flags
+#define SKS_TAINTED 1U   // missed its peer once: stays on TCP
+#define SKS_FWD_ARMED 2U // kernel forwarding in force
+#define SKS_FWD_DEAD 4U  // kernel forwarding ended for good
+
 
 // mlt_bypass values
 #define BYPASS_CAPTURE 1U          // never capture this socket
@@ -67,6 +74,20 @@ struct sock_key {
 	__u16 remote_port;
 };
 
+struct sk_state {
+	__u64 sent; // bytes sent into the proxy (not forwarded)
+	__u32 flags;
+	__u32 pad;
+};
+
+struct fwd {
+	struct sock_key target; // the socket at the far end (mlt_sock_app)
+	struct sock_key via;    // the proxy's socket towards it (mlt_sock_proxy)
+	__u64 relayed; // bytes the proxy has relayed from this socket
+	__u32 flags;
+	__u32 pad;
+};
+
 struct stats {
 	__u64 captured;
 	__u64 capture_bypassed;
@@ -83,4 +104,7 @@ struct stats {
 	__u64 miss_bytes;
 	__u64 pass_msgs;
 	__u64 pass_bytes;
+	__u64 fwd_armed;
+	__u64 fwd_msgs;
+	__u64 fwd_bytes;
 };

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,7 +60,7 @@ func (a *Agent) reservedPorts() []uint16 {
 // accel turns the config's acceleration setting into data path switches.
 func (a *Agent) accel(f sockmap.Features) (sockmap.Accel, string) {
 	c := a.cfg.Capture
-	on := sockmap.Accel{IntoProxy: c.IntoProxyOn(), IntoApp: c.IntoApp}
+	on := sockmap.Accel{IntoProxy: c.IntoProxyOn(), IntoApp: c.IntoApp, NoForward: !c.ForwardOn()}
 	switch c.Acceleration {
 	case "off":
 		on.Off = true
@@ -128,6 +129,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		popts.Orig = origAdapter{dp}
 		popts.DialControl = dp.DialControl
 		popts.AccelUpstream = a.cfg.Capture.UpstreamOn() && !accel.Off
+		popts.Forwarder = forwarder{dp}
 		a.log.Info("data path mode", zap.String("capture", a.mode.Capture), zap.String("acceleration", a.mode.Acceleration), zap.String("reason", why))
 	}
 	a.proxy = proxy.New(popts)
@@ -170,15 +172,34 @@ func accelName(a sockmap.Accel) string {
 	if a.Off {
 		return "off"
 	}
-	switch {
-	case a.IntoProxy && a.IntoApp:
-		return "on (into proxy, into app)"
-	case a.IntoProxy:
-		return "on (into proxy)"
-	case a.IntoApp:
-		return "on (into app)"
+	var parts []string
+	if a.IntoProxy {
+		parts = append(parts, "into proxy")
 	}
-	return "off"
+	if a.IntoApp {
+		parts = append(parts, "into app")
+	}
+	if a.IntoApp && !a.NoForward {
+		parts = append(parts, "kernel forwarding")
+	}
+	if len(parts) == 0 {
+		return "off"
+	}
+	return "on (" + strings.Join(parts, ", ") + ")"
+}
+
+type forwarder struct{ dp *sockmap.Datapath }
+
+var errNoForwarding = errors.New("kernel forwarding is off (it needs acceleration on with into_app)")
+
+// Forward sets kernel forwarding up when the directions in force allow it:
+// it delivers into application sockets' receive queues, so it comes with
+// the into_app direction.
+func (f forwarder) Forward(from, via proxy.Tuple) (proxy.Forwarding, error) {
+	if a := f.dp.Accel(); a.Off || a.NoForward || !a.IntoApp {
+		return nil, errNoForwarding
+	}
+	return f.dp.Forward(sockmap.Tuple(from), sockmap.Tuple(via))
 }
 
 type noCapture struct{}
@@ -271,6 +292,14 @@ func (a *Agent) adminHandler() http.Handler {
 			acc.IntoApp = v == "true"
 		default:
 			http.Error(w, fmt.Sprintf("into_app %q: want true or false", v), http.StatusBadRequest)
+			return
+		}
+		switch v := r.URL.Query().Get("forward"); v {
+		case "":
+		case "true", "false":
+			acc.NoForward = v == "false"
+		default:
+			http.Error(w, fmt.Sprintf("forward %q: want true or false", v), http.StatusBadRequest)
 			return
 		}
 		switch m := r.URL.Query().Get("mode"); m {

@@ -42,6 +42,10 @@ type Capture struct {
 	// Upstream pairs the proxy's upstream sockets with same-node servers
 	// (default on).
 	Upstream *bool `json:"upstream,omitempty"`
+	// Forward hands plain TCP routes to the kernel once the upstream is
+	// chosen (default on; takes effect with into_app, since the kernel then
+	// delivers into application sockets).
+	Forward *bool `json:"forward,omitempty"`
 	// StreamVerdict attaches the no-op stream verdict to the proxy's
 	// sockhash (default on).
 	StreamVerdict *bool `json:"stream_verdict,omitempty"`
@@ -75,6 +79,9 @@ func (c Capture) IntoProxyOn() bool { return boolOr(c.IntoProxy, true) }
 
 // UpstreamOn reports the upstream pairing with its default.
 func (c Capture) UpstreamOn() bool { return boolOr(c.Upstream, true) }
+
+// ForwardOn reports kernel forwarding with its default.
+func (c Capture) ForwardOn() bool { return boolOr(c.Forward, true) }
 
 // StreamVerdictOn reports the stream verdict with its default.
 func (c Capture) StreamVerdictOn() bool { return boolOr(c.StreamVerdict, true) }

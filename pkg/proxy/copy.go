@@ -19,41 +19,67 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b 
 
 type closeWriter interface{ CloseWrite() error }
 
-// pipe copies src to dst until EOF or error. At EOF it half-closes dst so the
-// peer sees the FIN while the other direction keeps flowing. idle > 0 bounds
-// how long a read may wait; the deadline is pushed forward at most once a
-// second so the hot path does not reset a timer per read.
-func pipe(dst, src net.Conn, idle time.Duration, counter *atomic.Uint64, lastRead *atomic.Int64) error {
+// relay copies src to dst until EOF or error. At EOF it half-closes dst so
+// the peer sees the FIN while the other direction keeps flowing. idle > 0
+// bounds how long a read may wait; the deadline is pushed forward at most
+// once a second so the hot path does not reset a timer per read. With fwd
+// set, it reports every relayed byte count to the kernel so kernel
+// forwarding can take the stream over.
+type relay struct {
+	dst, src net.Conn
+	idle     time.Duration
+	counter  *atomic.Uint64
+	lastRead *atomic.Int64
+	fwd      Forwarding
+}
+
+// maxRelayedUpdates bounds the map updates spent on a direction whose
+// kernel forwarding does not arm (its sender is not paired, or acceleration
+// was switched off): after that the proxy just relays.
+const maxRelayedUpdates = 16
+
+func (r *relay) run() error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
-	var armed time.Time
+	var (
+		armed   time.Time
+		relayed uint64
+		updates int
+	)
 	for {
-		if idle > 0 {
+		if r.idle > 0 {
 			now := time.Now()
 			if now.Sub(armed) > time.Second {
 				armed = now
-				_ = src.SetReadDeadline(now.Add(idle))
+				_ = r.src.SetReadDeadline(now.Add(r.idle))
 			}
 		}
-		n, rerr := src.Read(buf)
+		n, rerr := r.src.Read(buf)
 		if n > 0 {
-			lastRead.Store(time.Now().UnixNano())
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			r.lastRead.Store(time.Now().UnixNano())
+			if _, werr := r.dst.Write(buf[:n]); werr != nil {
 				return werr
 			}
-			counter.Add(uint64(n))
+			r.counter.Add(uint64(n))
+			if r.fwd != nil {
+				relayed += uint64(n)
+				updates++
+				if updates > maxRelayedUpdates || r.fwd.Relayed(relayed) != nil {
+					r.fwd = nil
+				}
+			}
 		}
 		if rerr != nil {
 			if errors.Is(rerr, io.EOF) {
-				if cw, ok := dst.(closeWriter); ok {
+				if cw, ok := r.dst.(closeWriter); ok {
 					_ = cw.CloseWrite()
 				}
 				return nil
 			}
-			if errors.Is(rerr, os.ErrDeadlineExceeded) && idle > 0 {
+			if errors.Is(rerr, os.ErrDeadlineExceeded) && r.idle > 0 {
 				// Idle only if the other direction was quiet too.
-				if time.Since(time.Unix(0, lastRead.Load())) < idle {
+				if time.Since(time.Unix(0, r.lastRead.Load())) < r.idle {
 					armed = time.Time{}
 					continue
 				}

@@ -23,6 +23,28 @@ type OriginalDst interface {
 	OriginalDst(app netip.AddrPort) (dst netip.AddrPort, ok bool, err error)
 }
 
+// Tuple names a TCP socket by its local and remote addresses.
+type Tuple struct {
+	Local, Remote netip.AddrPort
+}
+
+// Reverse is the socket at the other end of the connection.
+func (t Tuple) Reverse() Tuple { return Tuple{Local: t.Remote, Remote: t.Local} }
+
+// Forwarder hands a plain TCP byte stream to the kernel once the upstream
+// is chosen: sends of the socket from go to the far end of via without
+// waking the proxy.
+type Forwarder interface {
+	Forward(from, via Tuple) (Forwarding, error)
+}
+
+// Forwarding is one direction handed to the kernel.
+type Forwarding interface {
+	// Relayed reports the bytes the proxy relayed from the sender so far.
+	Relayed(n uint64) error
+	Stop()
+}
+
 // HTTPHandler serves a connection whose filter chain is an HTTP connection
 // manager.
 type HTTPHandler interface {
@@ -40,6 +62,9 @@ type Options struct {
 	// AccelUpstream pairs upstream sockets for acceleration.
 	AccelUpstream bool
 	HTTP          HTTPHandler
+	// Forwarder, if set, hands captured plain TCP connections to the
+	// kernel.
+	Forwarder Forwarder
 }
 
 // Proxy is the capture listener's connection handler.
@@ -179,7 +204,7 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 	}
 	switch {
 	case chain.TCP != nil:
-		p.serveTCP(ctx, c, snap, chain.TCP, src, dst)
+		p.serveTCP(ctx, c, snap, chain.TCP, src, dst, ok)
 	case chain.HTTP != nil && p.opts.HTTP != nil:
 		p.opts.HTTP.ServeHTTPConn(ctx, c, chain.HTTP, snap, dst)
 	default:
@@ -232,7 +257,7 @@ func (p *Proxy) DialUpstream(ctx context.Context, snap *state.Snapshot, cluster 
 	return up, ep, nil
 }
 
-func (p *Proxy) serveTCP(ctx context.Context, c net.Conn, snap *state.Snapshot, t *state.TCPProxy, src, dst netip.AddrPort) {
+func (p *Proxy) serveTCP(ctx context.Context, c net.Conn, snap *state.Snapshot, t *state.TCPProxy, src, dst netip.AddrPort, captured bool) {
 	cluster := clusterFor(t)
 	up, ep, err := p.DialUpstream(ctx, snap, cluster, dst)
 	if err != nil {
@@ -252,9 +277,21 @@ func (p *Proxy) serveTCP(ctx context.Context, c net.Conn, snap *state.Snapshot, 
 	defer stop()
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
+	upward := &relay{dst: up, src: c, idle: t.IdleTimeout, counter: &p.stats.BytesUp, lastRead: &last}
+	downward := &relay{dst: c, src: up, idle: t.IdleTimeout, counter: &p.stats.BytesDown, lastRead: &last}
+	if p.opts.Forwarder != nil && captured {
+		p.forward(c, up, upward, downward)
+		defer func() {
+			for _, f := range []Forwarding{upward.fwd, downward.fwd} {
+				if f != nil {
+					f.Stop()
+				}
+			}
+		}()
+	}
 	errc := make(chan error, 2)
-	go func() { errc <- pipe(up, c, t.IdleTimeout, &p.stats.BytesUp, &last) }()
-	go func() { errc <- pipe(c, up, t.IdleTimeout, &p.stats.BytesDown, &last) }()
+	go func() { errc <- upward.run() }()
+	go func() { errc <- downward.run() }()
 	for i := 0; i < 2; i++ {
 		if err := <-errc; err != nil {
 			if !isReset(err) && !errors.Is(err, errIdle) {
@@ -264,5 +301,25 @@ func (p *Proxy) serveTCP(ctx context.Context, c net.Conn, snap *state.Snapshot, 
 			c.Close()
 			up.Close()
 		}
+	}
+}
+
+// forward sets kernel forwarding up for both directions of a captured
+// connection. Bytes the kernel forwards never reach the proxy, so its idle
+// timer is off for such connections.
+func (p *Proxy) forward(c, up net.Conn, upward, downward *relay) {
+	accepted := Tuple{Local: addrPort(c.LocalAddr()), Remote: addrPort(c.RemoteAddr())}
+	upstream := Tuple{Local: addrPort(up.LocalAddr()), Remote: addrPort(up.RemoteAddr())}
+	// The application's sends go to the server through the upstream socket.
+	if f, err := p.opts.Forwarder.Forward(accepted.Reverse(), upstream); err == nil {
+		upward.fwd = f
+		upward.idle, downward.idle = 0, 0
+	} else {
+		p.log.Debug("kernel forwarding unavailable", zap.Error(err))
+		return
+	}
+	// The server's replies go to the application through the accepted socket.
+	if f, err := p.opts.Forwarder.Forward(upstream.Reverse(), accepted); err == nil {
+		downward.fwd = f
 	}
 }

@@ -33,6 +33,10 @@ type Accel struct {
 	// Faster, but bytes land in the socket's psock queue, which splice(2)
 	// readers (HAProxy, Go's io.Copy between sockets) never see.
 	IntoApp bool
+	// NoForward turns off kernel forwarding of plain TCP routes (the proxy
+	// hands a connection's byte stream to the kernel once it has chosen
+	// the upstream).
+	NoForward bool
 }
 
 func (a Accel) flags() uint32 {
@@ -45,6 +49,9 @@ func (a Accel) flags() uint32 {
 	}
 	if a.IntoApp {
 		f |= 1 << 2
+	}
+	if a.NoForward {
+		f |= 1 << 3
 	}
 	return f
 }
@@ -213,7 +220,8 @@ func (d *Datapath) pinAll() error {
 	maps := map[string]*ebpf.Map{
 		"mlt_services": d.objs.MltServices, "mlt_config": d.objs.MltConfig, "mlt_bypass": d.objs.MltBypass,
 		"mlt_origdst": d.objs.MltOrigdst, "mlt_conns": d.objs.MltConns, "mlt_sock_app": d.objs.MltSockApp,
-		"mlt_sock_proxy": d.objs.MltSockProxy, "mlt_taint": d.objs.MltTaint, "mlt_up_peers": d.objs.MltUpPeers,
+		"mlt_sock_proxy": d.objs.MltSockProxy, "mlt_sk_state": d.objs.MltSkState, "mlt_fwd": d.objs.MltFwd,
+		"mlt_up_peers": d.objs.MltUpPeers,
 		"mlt_stats": d.objs.MltStats,
 	}
 	for name, m := range maps {

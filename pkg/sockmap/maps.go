@@ -203,6 +203,9 @@ type Stats struct {
 	MissBytes         uint64 `json:"miss_bytes"`
 	PassMsgs          uint64 `json:"pass_msgs"`
 	PassBytes         uint64 `json:"pass_bytes"`
+	FwdArmed          uint64 `json:"forward_armed"`
+	FwdMsgs           uint64 `json:"forward_msgs"`
+	FwdBytes          uint64 `json:"forward_bytes"`
 }
 
 // Stats reads the per-CPU counters.
@@ -228,6 +231,9 @@ func (d *Datapath) Stats() (Stats, error) {
 		s.MissBytes += p.MissBytes
 		s.PassMsgs += p.PassMsgs
 		s.PassBytes += p.PassBytes
+		s.FwdArmed += p.FwdArmed
+		s.FwdMsgs += p.FwdMsgs
+		s.FwdBytes += p.FwdBytes
 	}
 	return s, nil
 }

@@ -39,12 +39,28 @@ type meshletConnValue struct {
 	Cookie    uint64
 }
 
+type meshletFwd struct {
+	_       structs.HostLayout
+	Target  meshletSockKey
+	Via     meshletSockKey
+	Relayed uint64
+	Flags   uint32
+	Pad     uint32
+}
+
 type meshletOrigDst struct {
 	_         structs.HostLayout
 	Addr      uint32
 	Port      uint16
 	Pad       uint16
 	ServiceId uint32
+}
+
+type meshletSkState struct {
+	_     structs.HostLayout
+	Sent  uint64
+	Flags uint32
+	Pad   uint32
 }
 
 type meshletSockKey struct {
@@ -72,6 +88,9 @@ type meshletStats struct {
 	MissBytes         uint64
 	PassMsgs          uint64
 	PassBytes         uint64
+	FwdArmed          uint64
+	FwdMsgs           uint64
+	FwdBytes          uint64
 }
 
 type meshletSvcKey struct {
@@ -94,12 +113,13 @@ const (
 	meshletMapMltBypass          = "mlt_bypass"
 	meshletMapMltConfig          = "mlt_config"
 	meshletMapMltConns           = "mlt_conns"
+	meshletMapMltFwd             = "mlt_fwd"
 	meshletMapMltOrigdst         = "mlt_origdst"
 	meshletMapMltServices        = "mlt_services"
+	meshletMapMltSkState         = "mlt_sk_state"
 	meshletMapMltSockApp         = "mlt_sock_app"
 	meshletMapMltSockProxy       = "mlt_sock_proxy"
 	meshletMapMltStats           = "mlt_stats"
-	meshletMapMltTaint           = "mlt_taint"
 	meshletMapMltUpPeers         = "mlt_up_peers"
 	meshletProgMeshletConnect4   = "meshlet_connect4"
 	meshletProgMeshletMsgApp     = "meshlet_msg_app"
@@ -164,12 +184,13 @@ type meshletMapSpecs struct {
 	MltBypass    *ebpf.MapSpec `ebpf:"mlt_bypass"`
 	MltConfig    *ebpf.MapSpec `ebpf:"mlt_config"`
 	MltConns     *ebpf.MapSpec `ebpf:"mlt_conns"`
+	MltFwd       *ebpf.MapSpec `ebpf:"mlt_fwd"`
 	MltOrigdst   *ebpf.MapSpec `ebpf:"mlt_origdst"`
 	MltServices  *ebpf.MapSpec `ebpf:"mlt_services"`
+	MltSkState   *ebpf.MapSpec `ebpf:"mlt_sk_state"`
 	MltSockApp   *ebpf.MapSpec `ebpf:"mlt_sock_app"`
 	MltSockProxy *ebpf.MapSpec `ebpf:"mlt_sock_proxy"`
 	MltStats     *ebpf.MapSpec `ebpf:"mlt_stats"`
-	MltTaint     *ebpf.MapSpec `ebpf:"mlt_taint"`
 	MltUpPeers   *ebpf.MapSpec `ebpf:"mlt_up_peers"`
 }
 
@@ -202,12 +223,13 @@ type meshletMaps struct {
 	MltBypass    *ebpf.Map `ebpf:"mlt_bypass"`
 	MltConfig    *ebpf.Map `ebpf:"mlt_config"`
 	MltConns     *ebpf.Map `ebpf:"mlt_conns"`
+	MltFwd       *ebpf.Map `ebpf:"mlt_fwd"`
 	MltOrigdst   *ebpf.Map `ebpf:"mlt_origdst"`
 	MltServices  *ebpf.Map `ebpf:"mlt_services"`
+	MltSkState   *ebpf.Map `ebpf:"mlt_sk_state"`
 	MltSockApp   *ebpf.Map `ebpf:"mlt_sock_app"`
 	MltSockProxy *ebpf.Map `ebpf:"mlt_sock_proxy"`
 	MltStats     *ebpf.Map `ebpf:"mlt_stats"`
-	MltTaint     *ebpf.Map `ebpf:"mlt_taint"`
 	MltUpPeers   *ebpf.Map `ebpf:"mlt_up_peers"`
 }
 
@@ -216,12 +238,13 @@ func (m *meshletMaps) Close() error {
 		m.MltBypass,
 		m.MltConfig,
 		m.MltConns,
+		m.MltFwd,
 		m.MltOrigdst,
 		m.MltServices,
+		m.MltSkState,
 		m.MltSockApp,
 		m.MltSockProxy,
 		m.MltStats,
-		m.MltTaint,
 		m.MltUpPeers,
 	)
 }

@@ -18,14 +18,19 @@ import (
 // TestBenchTCP is `make bench`'s same-node TCP benchmark, not a timed test:
 // it only runs with MESHLET_BENCH=1 and asserts nothing about speed. It
 // interleaves, in one run, ping-pong (64 B, 4 KiB) and bulk transfers over
-// four paths: direct loopback; through the agent without acceleration (the
-// kill switch on); with acceleration into the proxy (the default); and with
-// acceleration both ways. It writes a Markdown report to MESHLET_BENCH_OUT.
+// five paths: direct loopback; through the agent without acceleration (the
+// kill switch on); with acceleration into the proxy (the default); with
+// acceleration both ways; and both ways with kernel forwarding of the TCP
+// route (the proxy hands the stream to the kernel once it chose the
+// upstream). It writes a Markdown report to MESHLET_BENCH_OUT.
 func TestBenchTCP(t *testing.T) {
 	if os.Getenv("MESHLET_BENCH") != "1" {
 		t.Skip("benchmark: run with MESHLET_BENCH=1 (make bench)")
 	}
 	rounds := 5
+	if v := os.Getenv("MESHLET_BENCH_ROUNDS"); v != "" {
+		fmt.Sscan(v, &rounds)
+	}
 	pingN := 20000
 	bulkBytes := 512 * mib
 	m := newSandbox(t)
@@ -43,7 +48,8 @@ func TestBenchTCP(t *testing.T) {
 		{"direct loopback (no mesh)", "127.0.0.1:19999", "127.0.0.1:19998", ""},
 		{"agent, acceleration off", "10.96.9.9:80", "10.96.9.9:81", "mode=off"},
 		{"agent, accel into proxy (default)", "10.96.9.9:80", "10.96.9.9:81", "mode=on&into_app=false"},
-		{"agent, accel both ways", "10.96.9.9:80", "10.96.9.9:81", "mode=on&into_app=true"},
+		{"agent, accel both ways", "10.96.9.9:80", "10.96.9.9:81", "mode=on&into_app=true&forward=false"},
+		{"agent, both ways + kernel forwarding", "10.96.9.9:80", "10.96.9.9:81", "mode=on&into_app=true&forward=true"},
 	}
 	type sample struct{ p50_64, p99_64, p50_4k, p99_4k, mbps []float64 }
 	res := make([]sample, len(paths))
@@ -78,7 +84,7 @@ func TestBenchTCP(t *testing.T) {
 		}
 	}
 
-	// A CPU profile of the agent during accelerated ping-pong.
+	// A CPU profile of the agent during ping-pong in the default mode.
 	setAccel("mode=on&into_app=false")
 	prof := make(chan string, 1)
 	go func() { prof <- m.profileTop(t, 4) }()
@@ -97,7 +103,7 @@ func TestBenchTCP(t *testing.T) {
 			med(res[i].p50_64), med(res[i].p99_64), med(res[i].p50_4k), med(res[i].p99_4k), med(res[i].mbps),
 			med(res[i].p50_64)/d64, med(res[i].p50_4k)/d4k)
 	}
-	fmt.Fprintf(&b, "\nAgent CPU profile during accelerated 64 B ping-pong (top functions, cumulative):\n\n```\n%s```\n", top)
+	fmt.Fprintf(&b, "\nAgent CPU profile during 64 B ping-pong in the default mode (accel into proxy; top functions, cumulative):\n\n```\n%s```\n", top)
 	out := os.Getenv("MESHLET_BENCH_OUT")
 	if out != "" {
 		if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {

@@ -40,11 +40,11 @@ var accelModes = []struct {
 func checkAccelerated(t *testing.T, m *mesh) {
 	t.Helper()
 	st := m.status()
-	if st.BPF == nil || st.BPF.Captured == 0 || st.BPF.RedirectBytes == 0 {
+	if st.BPF == nil || st.BPF.Captured == 0 || st.BPF.RedirectBytes+st.BPF.FwdBytes == 0 {
 		t.Fatalf("traffic was not meshed and accelerated: %+v", st.BPF)
 	}
-	t.Logf("captured %d connections, redirected %d bytes in %d messages, %d misses",
-		st.BPF.Captured, st.BPF.RedirectBytes, st.BPF.RedirectMsgs, st.BPF.MissMsgs)
+	t.Logf("captured %d connections; redirected %d bytes in %d messages (%d misses); kernel-forwarded %d bytes in %d messages (%d directions armed)",
+		st.BPF.Captured, st.BPF.RedirectBytes, st.BPF.RedirectMsgs, st.BPF.MissMsgs, st.BPF.FwdBytes, st.BPF.FwdMsgs, st.BPF.FwdArmed)
 }
 
 func TestCompatNginxSendfileCurl(t *testing.T) {
