@@ -222,7 +222,7 @@ func (d *Datapath) pinAll() error {
 		"mlt_origdst": d.objs.MltOrigdst, "mlt_conns": d.objs.MltConns, "mlt_sock_app": d.objs.MltSockApp,
 		"mlt_sock_proxy": d.objs.MltSockProxy, "mlt_sk_state": d.objs.MltSkState, "mlt_fwd": d.objs.MltFwd,
 		"mlt_up_peers": d.objs.MltUpPeers,
-		"mlt_stats": d.objs.MltStats,
+		"mlt_stats":    d.objs.MltStats,
 	}
 	for name, m := range maps {
 		if err := m.Pin(filepath.Join(d.pinPath, name)); err != nil {

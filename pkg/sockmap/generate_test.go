@@ -16,6 +16,9 @@ import (
 // byte for byte with the committed ones: editing bpf/ without `make
 // generate` fails here. Needs clang (installed by .ci/deps.sh).
 func TestGeneratedObjectsUpToDate(t *testing.T) {
+	if os.Getenv("MESHLET_VM") == "1" {
+		t.Skip("inside the test/vm kernel matrix: the host run checks the objects")
+	}
 	if _, err := exec.LookPath("clang"); err != nil {
 		privtest.Unavailable(t, "clang not installed: cannot check the committed BPF objects")
 	}
