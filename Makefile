@@ -4,7 +4,7 @@ BIN     := bin
 GOFLAGS ?=
 export CGO_ENABLED ?= 0
 
-.PHONY: all build demo test test-unit test-priv bench generate check-generate fuzz vet vm-test clean deps
+.PHONY: all build demo test bench generate fuzz vet vm-test vm-kernels clean deps
 
 all: build
 
@@ -21,6 +21,7 @@ demo: build
 # when CI=true or MESHLET_REQUIRE_PRIV=1.
 test: build vet
 	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) vm-test
 
 vet:
 	$(GO) vet ./...
@@ -43,3 +44,14 @@ clean:
 # Debian packages the tests and benchmarks use.
 deps:
 	bash .ci/deps.sh
+
+# Kernel matrix in qemu (test/vm): boots each Debian kernel and runs the
+# privileged test binaries inside as root. Summary: test/vm/.cache/results.json
+VM_KERNELS   ?= 5.10,6.1,6.12
+VM_PKGS      ?= ./test/vm/smoke ./pkg/sockmap
+
+vm-kernels:
+	test/vm/fetch-kernels.sh $(VM_KERNELS)
+
+vm-test:
+	test/vm/run.sh --kernels $(VM_KERNELS) $(addprefix --pkg ,$(VM_PKGS))

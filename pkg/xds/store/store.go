@@ -1,0 +1,302 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshlet/meshlet/pkg/resources"
+	"github.com/meshlet/meshlet/pkg/xds"
+)
+
+// Format identifies the file format.
+const Format = "meshlet.xds.persisted/v1"
+
+// MaxFileSize bounds the file Load reads.
+const MaxFileSize = 1 << 30
+
+// ErrCorrupt marks a persisted file that cannot be used.
+var ErrCorrupt = errors.New("persisted xDS state is corrupt")
+
+type fileDoc struct {
+	Format string          `json:"format"`
+	SHA256 string          `json:"sha256"`
+	Body   json.RawMessage `json:"body"`
+}
+
+type body struct {
+	Saved      time.Time         `json:"saved"`
+	SetVersion string            `json:"set_version"`
+	Versions   map[string]string `json:"versions"`
+	Resources  []resource        `json:"resources"`
+}
+
+type resource struct {
+	TypeURL     string    `json:"type_url"`
+	Name        string    `json:"name"`
+	Version     string    `json:"version,omitempty"`
+	LastUpdated time.Time `json:"last_updated,omitzero"`
+	Value       []byte    `json:"value"` // binary protobuf, base64 in JSON
+}
+
+// Store is a file-backed xds.Persister.
+type Store struct {
+	path string
+	log  *zap.Logger
+}
+
+// New returns a store at path; the directory must exist or be creatable.
+func New(path string, log *zap.Logger) (*Store, error) {
+	if path == "" {
+		return nil, errors.New("xds store: empty path")
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("xds store: create directory: %w", err)
+	}
+	return &Store{path: path, log: log}, nil
+}
+
+// Path is the file the store writes.
+func (s *Store) Path() string { return s.path }
+
+// Encode serialises p.
+func Encode(p *xds.Persisted) ([]byte, error) {
+	if p == nil || p.Set == nil {
+		return nil, errors.New("xds store: nothing to encode")
+	}
+	b := body{Saved: p.Saved.UTC(), SetVersion: p.Set.Version, Versions: p.Versions}
+	add := func(typeURL, name string, m proto.Message) error {
+		v, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		if err != nil {
+			return fmt.Errorf("xds store: marshal %s %q: %w", xds.ShortType(typeURL), name, err)
+		}
+		meta := p.Meta[typeURL][name]
+		b.Resources = append(b.Resources, resource{TypeURL: typeURL, Name: name, Version: meta.Version, LastUpdated: meta.LastUpdated.UTC(), Value: v})
+		return nil
+	}
+	for _, n := range keys(p.Set.Clusters) {
+		if err := add(xds.ClusterType, n, p.Set.Clusters[n]); err != nil {
+			return nil, err
+		}
+	}
+	for _, n := range keys(p.Set.Endpoints) {
+		if err := add(xds.EndpointType, n, p.Set.Endpoints[n]); err != nil {
+			return nil, err
+		}
+	}
+	for _, n := range keys(p.Set.Listeners) {
+		if err := add(xds.ListenerType, n, p.Set.Listeners[n]); err != nil {
+			return nil, err
+		}
+	}
+	for _, n := range keys(p.Set.Routes) {
+		if err := add(xds.RouteType, n, p.Set.Routes[n]); err != nil {
+			return nil, err
+		}
+	}
+	raw, err := json.Marshal(b)
+	if err != nil {
+		return nil, fmt.Errorf("xds store: encode: %w", err)
+	}
+	sum := sha256.Sum256(raw)
+	out, err := json.Marshal(fileDoc{Format: Format, SHA256: hex.EncodeToString(sum[:]), Body: raw})
+	if err != nil {
+		return nil, fmt.Errorf("xds store: encode: %w", err)
+	}
+	return out, nil
+}
+
+// Decode parses a persisted file. Every failure wraps ErrCorrupt.
+func Decode(data []byte) (*xds.Persisted, error) {
+	var doc fileDoc
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("%w: not JSON: %v", ErrCorrupt, err)
+	}
+	if doc.Format != Format {
+		return nil, fmt.Errorf("%w: format %q, want %q", ErrCorrupt, doc.Format, Format)
+	}
+	sum := sha256.Sum256(doc.Body)
+	if hex.EncodeToString(sum[:]) != doc.SHA256 {
+		return nil, fmt.Errorf("%w: checksum mismatch (file truncated or edited)", ErrCorrupt)
+	}
+	var b body
+	if err := json.Unmarshal(doc.Body, &b); err != nil {
+		return nil, fmt.Errorf("%w: body: %v", ErrCorrupt, err)
+	}
+	p := &xds.Persisted{Set: resources.New(), Versions: b.Versions, Meta: map[string]map[string]xds.ResourceMeta{}, Saved: b.Saved}
+	p.Set.Version = b.SetVersion
+	if p.Versions == nil {
+		p.Versions = map[string]string{}
+	}
+	for i, r := range b.Resources {
+		fail := func(err error) error {
+			return fmt.Errorf("%w: resources[%d] (%s %q): %v", ErrCorrupt, i, r.TypeURL, r.Name, err)
+		}
+		if r.Name == "" {
+			return nil, fail(errors.New("no name"))
+		}
+		var name string
+		switch r.TypeURL {
+		case xds.ClusterType:
+			c := &clusterv3.Cluster{}
+			if err := proto.Unmarshal(r.Value, c); err != nil {
+				return nil, fail(err)
+			}
+			name = c.GetName()
+			if err := put(p.Set.Clusters, r.Name, c); err != nil {
+				return nil, fail(err)
+			}
+		case xds.EndpointType:
+			la := &endpointv3.ClusterLoadAssignment{}
+			if err := proto.Unmarshal(r.Value, la); err != nil {
+				return nil, fail(err)
+			}
+			name = r.Name // inline assignments may be keyed by cluster name
+			if err := put(p.Set.Endpoints, r.Name, la); err != nil {
+				return nil, fail(err)
+			}
+		case xds.ListenerType:
+			l := &listenerv3.Listener{}
+			if err := proto.Unmarshal(r.Value, l); err != nil {
+				return nil, fail(err)
+			}
+			name = l.GetName()
+			if err := put(p.Set.Listeners, r.Name, l); err != nil {
+				return nil, fail(err)
+			}
+		case xds.RouteType:
+			rc := &routev3.RouteConfiguration{}
+			if err := proto.Unmarshal(r.Value, rc); err != nil {
+				return nil, fail(err)
+			}
+			name = rc.GetName()
+			if err := put(p.Set.Routes, r.Name, rc); err != nil {
+				return nil, fail(err)
+			}
+		default:
+			return nil, fail(errors.New("unknown resource type"))
+		}
+		if name != r.Name {
+			return nil, fail(fmt.Errorf("resource body is named %q", name))
+		}
+		if p.Meta[r.TypeURL] == nil {
+			p.Meta[r.TypeURL] = map[string]xds.ResourceMeta{}
+		}
+		p.Meta[r.TypeURL][r.Name] = xds.ResourceMeta{Version: r.Version, LastUpdated: r.LastUpdated}
+	}
+	return p, nil
+}
+
+func put[T any](m map[string]T, name string, v T) error {
+	if _, dup := m[name]; dup {
+		return errors.New("appears twice")
+	}
+	m[name] = v
+	return nil
+}
+
+// Save writes p atomically: temporary file in the same directory, fsync,
+// rename over the old file, fsync of the directory.
+func (s *Store) Save(ctx context.Context, p *xds.Persisted) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	data, err := Encode(p)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(s.path)
+	tmp, err := os.CreateTemp(dir, filepath.Base(s.path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("xds store: create temporary file: %w", err)
+	}
+	tmpName := tmp.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmpName)
+		}
+	}()
+	if _, err := tmp.Write(data); err != nil {
+		return fmt.Errorf("xds store: write %s: %w", tmpName, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("xds store: fsync %s: %w", tmpName, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("xds store: close %s: %w", tmpName, err)
+	}
+	if err := os.Rename(tmpName, s.path); err != nil {
+		return fmt.Errorf("xds store: rename into %s: %w", s.path, err)
+	}
+	ok = true
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	s.log.Debug("persisted xds state", zap.String("path", s.path), zap.Int("bytes", len(data)), zap.String("version", p.Set.Version))
+	return nil
+}
+
+// Load reads the persisted state: (nil, nil) if there is none. A corrupt
+// file is renamed to <path>.corrupt-<UTC time> and an error wrapping
+// ErrCorrupt is returned.
+func (s *Store) Load(ctx context.Context) (*xds.Persisted, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(s.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("xds store: %w", err)
+	}
+	var p *xds.Persisted
+	if st.Size() > MaxFileSize {
+		err = fmt.Errorf("%w: %d bytes, over the %d-byte limit", ErrCorrupt, st.Size(), MaxFileSize)
+	} else {
+		var data []byte
+		data, err = os.ReadFile(s.path)
+		if err != nil {
+			return nil, fmt.Errorf("xds store: read %s: %w", s.path, err)
+		}
+		p, err = Decode(data)
+	}
+	if err != nil {
+		aside := s.path + ".corrupt-" + time.Now().UTC().Format("20060102T150405.000000000Z")
+		if rerr := os.Rename(s.path, aside); rerr != nil {
+			return nil, fmt.Errorf("xds store: %s: %w; moving it aside failed: %v", s.path, err, rerr)
+		}
+		s.log.Error("persisted xds state is unusable; moved aside", zap.String("path", s.path), zap.String("moved_to", aside), zap.Error(err))
+		return nil, fmt.Errorf("xds store: %s (moved to %s): %w", s.path, aside, err)
+	}
+	return p, nil
+}
+
+func keys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
