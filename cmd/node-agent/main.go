@@ -3,8 +3,10 @@
 //	node-agent run [--config FILE] [--cgroup DIR] [--bpffs DIR] ...
 //	node-agent exec [--cgroup DIR] -- CMD [ARGS...]
 //	node-agent status [--admin ADDR]
+//	node-agent ready [--admin ADDR] [--timeout D]
 //	node-agent acceleration on|off [--admin ADDR]
 //	node-agent cleanup [--bpffs DIR]
+//	node-agent xds-server --config FILE [--listen ADDR]
 //	node-agent default-config
 package main
 
@@ -20,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,6 +32,7 @@ import (
 	"github.com/meshlet/meshlet/pkg/agent"
 	"github.com/meshlet/meshlet/pkg/config"
 	"github.com/meshlet/meshlet/pkg/sockmap"
+	xdsserver "github.com/meshlet/meshlet/pkg/xds/server"
 )
 
 const usage = `usage: node-agent COMMAND [flags]
@@ -37,8 +41,10 @@ commands:
   run             run the agent (embedded default config unless --config)
   exec -- CMD     run CMD inside the meshed cgroup
   status          print mode, kernel features, services and counters
+  ready           wait until the running agent has a config in force
   acceleration    on|off: flip the acceleration kill switch of a running agent
   cleanup         remove pins left by an agent that was killed
+  xds-server      run the embedded xDS control plane alone (--config FILE --listen ADDR)
   default-config  print the embedded default config
 `
 
@@ -88,6 +94,10 @@ func run(args []string, stdout io.Writer) error {
 		return cmdAccel(rest, stdout)
 	case "cleanup":
 		return cmdCleanup(rest)
+	case "xds-server":
+		return cmdXDSServer(rest)
+	case "ready":
+		return cmdReady(rest)
 	case "default-config":
 		_, err := stdout.Write(config.DefaultYAML())
 		return err
@@ -95,7 +105,7 @@ func run(args []string, stdout io.Writer) error {
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
-	return fail(2, "unknown command %q (try: run, exec, status, acceleration, cleanup, default-config)", cmd)
+	return fail(2, "unknown command %q (try: run, exec, status, acceleration, cleanup, xds-server, default-config)", cmd)
 }
 
 // newFlags returns a FlagSet whose errors come back as one line.
@@ -139,6 +149,13 @@ func cmdRun(args []string) error {
 	adminListen := fs.String("admin-listen", "", "admin endpoint address (overrides admin.listen)")
 	accel := fs.String("acceleration", "", "auto, on or off (overrides capture.acceleration)")
 	intoApp := fs.Bool("accel-into-app", false, "also redirect proxy sends into application sockets")
+	resourcesFile := fs.String("resources", "", "Envoy v3 resources file for the embedded control plane (re-read on change)")
+	xdsAddress := fs.String("xds-address", "", "remote xDS control plane (host:port or unix:///path); switches xds.source to remote")
+	embeddedListen := fs.String("xds-listen", "", "where the embedded control plane listens (overrides xds.embedded_listen)")
+	stateDir := fs.String("state-dir", "", "folder for the last accepted config (overrides xds.state_dir)")
+	nodeID := fs.String("node-id", "", "xDS node id (overrides xds.node_id)")
+	delta := fs.Bool("delta", false, "use delta (incremental) xDS")
+	onDemand := fs.Bool("on-demand", false, "subscribe to clusters on demand (implies --delta)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -172,6 +189,27 @@ func cmdRun(args []string) error {
 	}
 	if *intoApp {
 		cfg.Capture.IntoApp = true
+	}
+	if *resourcesFile != "" {
+		cfg.XDS.ResourcesFile = *resourcesFile
+	}
+	if *xdsAddress != "" {
+		cfg.XDS.Source, cfg.XDS.Address = "remote", *xdsAddress
+	}
+	if *embeddedListen != "" {
+		cfg.XDS.EmbeddedListen = *embeddedListen
+	}
+	if *stateDir != "" {
+		cfg.XDS.StateDir = *stateDir
+	}
+	if *nodeID != "" {
+		cfg.XDS.NodeID = *nodeID
+	}
+	if *delta || *onDemand {
+		cfg.XDS.Delta = true
+	}
+	if *onDemand {
+		cfg.XDS.OnDemand = true
 	}
 	if err := cfg.Validate(); err != nil {
 		return fail(2, "%v", err)
@@ -298,4 +336,65 @@ func cmdCleanup(args []string) error {
 		return fail(1, "cleanup: %v", err)
 	}
 	return nil
+}
+
+// cmdXDSServer serves a resources file over xDS (SotW and delta), re-read
+// on change, so several agents can share one control plane.
+func cmdXDSServer(args []string) error {
+	fs := newFlags("xds-server")
+	file := fs.String("config", "", "Envoy v3 resources file (bootstrap static_resources shape or a config dump)")
+	listen := fs.String("listen", config.DefaultEmbeddedListen, "address to serve on (host:port or unix:///path)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *file == "" {
+		return fail(2, "xds-server: --config FILE is required")
+	}
+	log, err := newLogger(*logLevel)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if _, _, err := xdsserver.LoadFile(*file); err != nil {
+		return fail(2, "xds-server: %v", err)
+	}
+	log.Info("xds server starting", zap.String("config", *file), zap.String("listen", *listen))
+	if err := xdsserver.ListenAndServe(ctx, *listen, xdsserver.Options{ConfigPath: *file, Logger: log}); err != nil {
+		return fail(1, "xds-server: %v", err)
+	}
+	return nil
+}
+
+// cmdReady polls the admin endpoint's /ready until it answers 200 or the
+// timeout passes.
+func cmdReady(args []string) error {
+	fs := newFlags("ready")
+	admin := fs.String("admin", config.DefaultAdminListen, "admin endpoint of the running agent")
+	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c := http.Client{Timeout: 2 * time.Second}
+	deadline := time.Now().Add(*timeout)
+	last := "not reachable"
+	for {
+		resp, err := c.Get("http://" + *admin + "/ready")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = strings.TrimSpace(string(body))
+		} else {
+			last = err.Error()
+		}
+		if time.Now().After(deadline) {
+			return fail(1, "ready: agent at %s not ready after %v: %s", *admin, *timeout, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

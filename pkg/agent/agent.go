@@ -9,16 +9,25 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/meshlet/meshlet/pkg/admin"
 	"github.com/meshlet/meshlet/pkg/config"
 	"github.com/meshlet/meshlet/pkg/proxy"
+	"github.com/meshlet/meshlet/pkg/resources"
 	"github.com/meshlet/meshlet/pkg/sockmap"
 	"github.com/meshlet/meshlet/pkg/state"
+	"github.com/meshlet/meshlet/pkg/xds"
+	xdsserver "github.com/meshlet/meshlet/pkg/xds/server"
+	"github.com/meshlet/meshlet/pkg/xds/store"
 )
 
 // Agent is one running node agent.
@@ -32,6 +41,7 @@ type Agent struct {
 	proxy     *proxy.Proxy
 	started   time.Time
 	proxyAddr netip.AddrPort
+	xds       *xds.Client
 }
 
 // Mode says how traffic reaches the proxy and why.
@@ -75,32 +85,31 @@ func (a *Agent) accel(f sockmap.Features) (sockmap.Accel, string) {
 	return on, fmt.Sprintf("acceleration off: kernel %s is not in a verified series %v (set capture.acceleration: on to force)", f.Kernel, sockmap.VerifiedKernels)
 }
 
-// Run starts the proxy listener, attaches the data path, serves the admin
-// endpoint, and blocks until ctx ends. On return everything is detached.
+// Run starts the proxy listener, attaches the data path, starts the config
+// source (embedded control plane or remote) and the admin endpoint, and
+// blocks until ctx ends. On return everything is detached.
 func (a *Agent) Run(ctx context.Context) (err error) {
-	set, err := a.cfg.Resources()
-	if err != nil {
-		return err
+	// Fail fast on a bad inline config before touching the kernel.
+	if a.cfg.XDS.Source == "embedded" && a.cfg.XDS.ResourcesFile == "" {
+		set, err := a.cfg.Resources()
+		if err != nil {
+			return err
+		}
+		if _, err := state.Build(set, state.Options{ReservedPorts: a.reservedPorts()}); err != nil {
+			return fmt.Errorf("config rejected: %w", err)
+		}
 	}
-	snap, err := state.Build(set, state.Options{ReservedPorts: a.reservedPorts()})
-	if err != nil {
-		return fmt.Errorf("config rejected: %w", err)
-	}
-	for _, is := range snap.Issues {
-		a.log.Warn("config not fully honoured", zap.String("type", is.Type), zap.String("name", is.Name), zap.String("reason", is.Reason))
-	}
-
 	a.proxyAddr = a.cfg.ProxyAddr()
 	lis, err := net.Listen("tcp4", a.proxyAddr.String())
 	if err != nil {
 		return fmt.Errorf("proxy listener: %w", err)
 	}
 	defer lis.Close()
-	admin, err := net.Listen("tcp", a.cfg.Admin.Listen)
+	adminLis, err := net.Listen("tcp", a.cfg.Admin.Listen)
 	if err != nil {
 		return fmt.Errorf("admin listener: %w", err)
 	}
-	defer admin.Close()
+	defer adminLis.Close()
 
 	popts := proxy.Options{Log: a.log.Named("proxy"), Orig: noCapture{}}
 	a.mode = Mode{Capture: "explicit", Acceleration: "off", Features: sockmap.Probe()}
@@ -132,28 +141,154 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		popts.Forwarder = forwarder{dp}
 		a.log.Info("data path mode", zap.String("capture", a.mode.Capture), zap.String("acceleration", a.mode.Acceleration), zap.String("reason", why))
 	}
-	a.proxy = proxy.New(popts)
-	if err := a.apply(snap); err != nil {
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	client, serveErr, err := a.startConfigSource(ctx)
+	if err != nil {
 		return err
 	}
+	a.xds = client
+	if a.cfg.XDS.OnDemand {
+		popts.OnDemand = client.WantCluster
+	}
+	a.proxy = proxy.New(popts)
 	a.started = time.Now()
 
 	srv := &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
-		if err := srv.Serve(admin); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(adminLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("admin server stopped", zap.Error(err))
 		}
 	}()
 	defer srv.Close()
 
+	clientDone := make(chan error, 1)
+	go func() { clientDone <- client.Run(ctx) }()
 	a.log.Info("node agent running", zap.Stringer("proxy", a.proxyAddr), zap.String("admin", a.cfg.Admin.Listen),
-		zap.Int("captures", len(snap.Captures)), zap.Int("clusters", len(snap.Clusters)))
-	return a.proxy.Serve(ctx, lis)
+		zap.String("xds_source", a.cfg.XDS.Source), zap.String("xds_address", a.xdsAddress()))
+
+	proxyDone := make(chan error, 1)
+	go func() { proxyDone <- a.proxy.Serve(ctx, lis) }()
+	select {
+	case err = <-proxyDone:
+		cancel()
+	case err = <-serveErr:
+		cancel()
+		<-proxyDone
+		if err != nil {
+			err = fmt.Errorf("embedded control plane: %w", err)
+		}
+	case <-ctx.Done():
+		err = <-proxyDone
+	}
+	if cerr := <-clientDone; cerr != nil && err == nil {
+		err = fmt.Errorf("xds client: %w", cerr)
+	}
+	return err
 }
 
-// apply swaps in a new snapshot: the capture table first gains new entries
-// only after the proxy can route them.
+func (a *Agent) xdsAddress() string {
+	if a.cfg.XDS.Source == "remote" {
+		return a.cfg.XDS.Address
+	}
+	return a.cfg.XDS.EmbeddedListen
+}
+
+// startConfigSource starts the embedded control plane when configured and
+// returns the xDS client (not yet running) that feeds the agent.
+func (a *Agent) startConfigSource(ctx context.Context) (*xds.Client, <-chan error, error) {
+	serveErr := make(chan error, 1)
+	x := a.cfg.XDS
+	if x.Source == "embedded" {
+		srv, err := xdsserver.New(xdsserver.Options{ConfigPath: x.ResourcesFile, Logger: a.log.Named("xds-server")})
+		if err != nil {
+			return nil, nil, fmt.Errorf("embedded control plane: %w", err)
+		}
+		if x.ResourcesFile == "" {
+			set, err := a.cfg.Resources()
+			if err != nil {
+				return nil, nil, err
+			}
+			if err := srv.SetResources(ctx, set); err != nil {
+				return nil, nil, fmt.Errorf("embedded control plane: %w", err)
+			}
+		}
+		lis, err := xdsserver.Listen(x.EmbeddedListen)
+		if err != nil {
+			return nil, nil, fmt.Errorf("embedded control plane listener: %w", err)
+		}
+		go func() { serveErr <- srv.Serve(ctx, lis) }()
+	}
+	node, err := a.node()
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg := xds.Config{
+		Address: a.xdsAddress(), Node: node, Delta: x.Delta, OnDemand: x.OnDemand,
+		TokenFile: x.TokenFile, Logger: a.log.Named("xds"),
+	}
+	if x.CAFile != "" {
+		cfg.TLS = &xds.TLSConfig{CAFile: x.CAFile, ServerName: x.ServerName}
+	}
+	if x.Istio != nil {
+		cfg.ClusterID = x.Istio.ClusterID
+	}
+	if x.StateDir != "" {
+		st, err := store.New(filepath.Join(x.StateDir, "xds-snapshot.json"), a.log.Named("xds-store"))
+		if err != nil {
+			return nil, nil, fmt.Errorf("config store: %w", err)
+		}
+		cfg.Persister = st
+	}
+	client, err := xds.NewClient(cfg, xds.ApplierFunc(a.applySet))
+	if err != nil {
+		return nil, nil, err
+	}
+	return client, serveErr, nil
+}
+
+// node is the identity the agent presents to its control plane.
+func (a *Agent) node() (*corev3.Node, error) {
+	x := a.cfg.XDS
+	if i := x.Istio; i != nil {
+		return xds.IstioIdentity{
+			PodIP: i.PodIP, PodName: i.PodName, Namespace: i.Namespace, ClusterID: i.ClusterID,
+			ServiceAccount: i.ServiceAccount, NodeName: i.NodeName, IstioVersion: i.IstioVersion,
+			InterceptionMode: "REDIRECT",
+		}.Node()
+	}
+	id := x.NodeID
+	if id == "" {
+		host, _ := os.Hostname()
+		id = "meshlet~" + host
+	}
+	return xds.NewNode(id, x.Cluster, nil), nil
+}
+
+// applySet is the xDS Applier: a Set that does not translate is rejected
+// (the client NACKs it and the previous config stays in force).
+func (a *Agent) applySet(_ context.Context, set *resources.Set) error {
+	snap, err := state.Build(set, state.Options{ReservedPorts: a.reservedPorts()})
+	if err != nil {
+		return err
+	}
+	for _, is := range snap.Issues {
+		a.log.Debug("config not fully honoured", zap.String("type", is.Type), zap.String("name", is.Name), zap.String("reason", is.Reason))
+	}
+	if err := a.apply(snap); err != nil {
+		return err
+	}
+	a.log.Info("config applied", zap.String("version", snap.Version), zap.Int("captures", len(snap.Captures)),
+		zap.Int("clusters", len(snap.Clusters)), zap.Int("issues", len(snap.Issues)))
+	return nil
+}
+
+// apply swaps in a new snapshot. The proxy gets it first, so a capture entry
+// added now is routable by the time a connection uses it; entries removed
+// stop capturing right after.
 func (a *Agent) apply(snap *state.Snapshot) error {
+	prev := a.proxy.Snapshot()
 	a.proxy.Update(snap)
 	if a.dp == nil {
 		return nil
@@ -163,6 +298,7 @@ func (a *Agent) apply(snap *state.Snapshot) error {
 		svcs = append(svcs, sockmap.Service{Addr: c.Addr, Port: c.Port, ID: uint32(i + 1)})
 	}
 	if err := a.dp.SyncServices(svcs); err != nil {
+		a.proxy.Update(prev)
 		return fmt.Errorf("sync capture table: %w", err)
 	}
 	return nil
@@ -227,6 +363,7 @@ type Status struct {
 	BPF         *sockmap.Stats  `json:"bpf_counters,omitempty"`
 	ProxyStats  proxy.StatsView `json:"proxy_counters"`
 	Config      ConfigStatus    `json:"config"`
+	XDS         *xds.Status     `json:"xds,omitempty"`
 }
 
 // ConfigStatus describes the config in force.
@@ -243,8 +380,15 @@ func (a *Agent) status() Status {
 	a.mu.Unlock()
 	st := Status{Mode: mode, Uptime: time.Since(a.started).Round(time.Second).String(), Proxy: a.proxyAddr.String()}
 	snap := a.proxy.Snapshot()
+	if a.xds != nil {
+		xs := a.xds.Status()
+		st.XDS = &xs
+	}
 	if snap != nil {
-		st.Config = ConfigStatus{Version: snap.Version, Source: "static", Clusters: len(snap.Clusters), Issues: snap.Issues}
+		st.Config = ConfigStatus{Version: snap.Version, Clusters: len(snap.Clusters), Issues: snap.Issues}
+		if st.XDS != nil {
+			st.Config.Source = string(st.XDS.Source)
+		}
 		for _, c := range snap.Captures {
 			addr := "*"
 			if c.Addr.IsValid() {
@@ -273,13 +417,10 @@ func (a *Agent) adminHandler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(a.status())
 	})
-	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
-		if a.proxy.Snapshot() == nil {
-			http.Error(w, "no config yet", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
+	// Envoy-shaped /config_dump and /ready come from the xDS admin handler.
+	xa := admin.New(a.xds, a.log.Named("admin"), nil)
+	mux.Handle("GET /config_dump", xa)
+	mux.Handle("GET /ready", xa)
 	mux.HandleFunc("POST /acceleration", func(w http.ResponseWriter, r *http.Request) {
 		if a.dp == nil {
 			http.Error(w, "no data path: capture is not enabled", http.StatusConflict)

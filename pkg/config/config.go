@@ -20,6 +20,7 @@ type Config struct {
 	Capture Capture `json:"capture"`
 	Proxy   Proxy   `json:"proxy"`
 	Admin   Admin   `json:"admin"`
+	XDS     XDS     `json:"xds"`
 	// StaticResources is Envoy's bootstrap static_resources: listeners say
 	// what to capture, clusters (with load_assignment) where to send it.
 	StaticResources json.RawMessage `json:"static_resources,omitempty"`
@@ -61,10 +62,57 @@ type Admin struct {
 	Listen string `json:"listen"`
 }
 
+// XDS says where the configuration comes from.
+type XDS struct {
+	// Source is "embedded" (default: a control plane inside the agent
+	// serving ResourcesFile, or this file's static_resources) or "remote"
+	// (Address).
+	Source string `json:"source"`
+	// Address of a remote control plane (host:port or unix:///path).
+	Address string `json:"address,omitempty"`
+	// EmbeddedListen is where the embedded control plane listens
+	// (host:port or unix:///path); other agents may use it as their
+	// remote.
+	EmbeddedListen string `json:"embedded_listen,omitempty"`
+	// ResourcesFile is the Envoy v3 resources file the embedded control
+	// plane serves and re-reads on change (bootstrap static_resources
+	// shape or an Envoy config dump).
+	ResourcesFile string `json:"resources_file,omitempty"`
+	// Delta selects the incremental protocol; OnDemand (needs Delta)
+	// subscribes to clusters by name when a connection needs one.
+	Delta    bool `json:"delta,omitempty"`
+	OnDemand bool `json:"on_demand,omitempty"`
+	// NodeID and Cluster identify the agent (default "meshlet~HOSTNAME").
+	NodeID  string `json:"node_id,omitempty"`
+	Cluster string `json:"cluster,omitempty"`
+	// Istio, when set, presents the agent to istiod as one sidecar node.
+	Istio *IstioNode `json:"istio,omitempty"`
+	// CAFile verifies a TLS control plane; TokenFile is sent as a bearer
+	// token with every call.
+	CAFile     string `json:"ca_file,omitempty"`
+	ServerName string `json:"server_name,omitempty"`
+	TokenFile  string `json:"token_file,omitempty"`
+	// StateDir keeps the last accepted configuration (empty: not kept).
+	StateDir string `json:"state_dir,omitempty"`
+}
+
+// IstioNode is the identity an agent presents to istiod.
+type IstioNode struct {
+	PodIP          string `json:"pod_ip"`
+	PodName        string `json:"pod_name"`
+	Namespace      string `json:"namespace"`
+	ClusterID      string `json:"cluster_id,omitempty"`
+	ServiceAccount string `json:"service_account,omitempty"`
+	NodeName       string `json:"node_name,omitempty"`
+	IstioVersion   string `json:"istio_version,omitempty"`
+}
+
 // Defaults used when a field is empty.
 const (
-	DefaultProxyListen = "127.0.0.1:15001"
-	DefaultAdminListen = "127.0.0.1:15000"
+	DefaultProxyListen    = "127.0.0.1:15001"
+	DefaultAdminListen    = "127.0.0.1:15000"
+	DefaultEmbeddedListen = "127.0.0.1:15010"
+	DefaultStateDir       = "/var/lib/meshlet"
 )
 
 func boolOr(p *bool, def bool) bool {
@@ -108,6 +156,12 @@ func Parse(data []byte) (*Config, error) {
 	if c.Capture.Acceleration == "" {
 		c.Capture.Acceleration = "auto"
 	}
+	if c.XDS.Source == "" {
+		c.XDS.Source = "embedded"
+	}
+	if c.XDS.EmbeddedListen == "" {
+		c.XDS.EmbeddedListen = DefaultEmbeddedListen
+	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -140,6 +194,21 @@ func (c *Config) Validate() error {
 	}
 	if _, err := netip.ParseAddrPort(c.Admin.Listen); err != nil {
 		return fmt.Errorf("config: admin.listen %q: %w", c.Admin.Listen, err)
+	}
+	switch c.XDS.Source {
+	case "embedded":
+	case "remote":
+		if c.XDS.Address == "" {
+			return fmt.Errorf("config: xds.source remote needs xds.address")
+		}
+	default:
+		return fmt.Errorf("config: xds.source %q: want embedded or remote", c.XDS.Source)
+	}
+	if c.XDS.OnDemand && !c.XDS.Delta {
+		return fmt.Errorf("config: xds.on_demand needs xds.delta")
+	}
+	if c.XDS.Istio != nil && (c.XDS.Istio.PodIP == "" || c.XDS.Istio.PodName == "" || c.XDS.Istio.Namespace == "") {
+		return fmt.Errorf("config: xds.istio needs pod_ip, pod_name and namespace")
 	}
 	return nil
 }

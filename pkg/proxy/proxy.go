@@ -65,6 +65,10 @@ type Options struct {
 	// Forwarder, if set, hands captured plain TCP connections to the
 	// kernel.
 	Forwarder Forwarder
+	// OnDemand, if set, asks the config source for a cluster the current
+	// config lacks; the connection waits for it (bounded by OnDemandWait).
+	OnDemand     func(ctx context.Context, cluster string) error
+	OnDemandWait time.Duration
 }
 
 // Proxy is the capture listener's connection handler.
@@ -239,6 +243,22 @@ func clusterFor(t *state.TCPProxy) string {
 // Active count is held until release is called.
 func (p *Proxy) DialUpstream(ctx context.Context, snap *state.Snapshot, cluster string, dst netip.AddrPort) (net.Conn, *state.Endpoint, error) {
 	cl := snap.Clusters[cluster]
+	if cl == nil && p.opts.OnDemand != nil {
+		// Hold this first connection while the cluster is fetched.
+		wait := p.opts.OnDemandWait
+		if wait <= 0 {
+			wait = 5 * time.Second
+		}
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		err := p.opts.OnDemand(wctx, cluster)
+		cancel()
+		if err != nil {
+			return nil, nil, fmt.Errorf("cluster %q not found, and asking for it failed: %w", cluster, err)
+		}
+		if s := p.snap.Load(); s != nil {
+			cl = s.Clusters[cluster]
+		}
+	}
 	if cl == nil {
 		return nil, nil, fmt.Errorf("cluster %q not found", cluster)
 	}

@@ -52,12 +52,9 @@ in_cgroup "$CG/apps" "$BIN/sample" server --listen 127.0.0.1:19080 --name web & 
 
 echo "== node agent on its embedded default config, meshing cgroup $CG"
 in_cgroup "$CG/agent" "$BIN/node-agent" run --cgroup "$CG" --bpffs "$BPFFS/meshlet" >"$LOG" 2>&1 & PIDS+=($!)
-for i in $(seq 100); do
-	nsenter --net="/run/netns/$NS" "$BIN/node-agent" status >/dev/null 2>&1 && break
-	if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then echo "demo: agent exited:"; cat "$LOG"; exit 1; fi
-	sleep 0.1
-done
-nsenter --net="/run/netns/$NS" "$BIN/node-agent" status >/dev/null
+if ! nsenter --net="/run/netns/$NS" "$BIN/node-agent" ready --timeout 20s; then
+	echo "demo: agent not ready:"; cat "$LOG"; exit 1
+fi
 
 echo "== an unmodified client in the meshed cgroup dials service addresses that exist on no interface"
 in_cgroup "$CG/apps" "$BIN/sample" client --addr 10.96.0.10:7000 --count 4 --size 1048576
