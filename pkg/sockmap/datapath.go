@@ -73,6 +73,9 @@ type Options struct {
 	// lost epoll wake-ups of some stable kernels).
 	StreamVerdict bool
 	Logger        *zap.Logger
+	// Probe replaces the kernel probe (tests use it to play a kernel that
+	// lacks a feature). Nil means Probe.
+	Probe func() Features
 }
 
 // Datapath is the loaded, pinned and attached BPF state.
@@ -120,7 +123,11 @@ func Load(opts Options) (_ *Datapath, err error) {
 	if strings.Contains(filepath.Base(pin), ".") {
 		return nil, fmt.Errorf("pin path %s: bpffs refuses names with a dot", pin)
 	}
-	feat := Probe()
+	probe := opts.Probe
+	if probe == nil {
+		probe = Probe
+	}
+	feat := probe()
 	if !feat.Capture || !feat.Pairing || !feat.Redirect {
 		return nil, fmt.Errorf("kernel %s lacks what the data path needs: %s", feat.Kernel, strings.Join(feat.Missing, "; "))
 	}

@@ -252,3 +252,27 @@ func TestLoadRejectsBadInput(t *testing.T) {
 		})
 	}
 }
+
+// A kernel without a needed feature gets one line that names it, and
+// nothing is attached.
+func TestLoadRefusesKernelWithoutFeature(t *testing.T) {
+	privtest.Root(t)
+	cg := privtest.Cgroup(t)
+	pin := privtest.BPFFS(t)
+	_, err := Load(Options{
+		Cgroup: cg, PinPath: pin, Proxy: netip.MustParseAddrPort("127.0.0.1:15001"),
+		Probe: func() Features {
+			return Features{Kernel: "4.14.0", Capture: true, Pairing: true,
+				Missing: []string{"sk_msg programs (4.17): not supported by this kernel"}}
+		},
+	})
+	if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "sk_msg programs") {
+		t.Fatalf("want one line naming sk_msg, got %v", err)
+	}
+	if n := attachedPrograms(t, cg); n != 0 {
+		t.Fatalf("%d programs attached", n)
+	}
+	if _, err := os.Stat(pin); !os.IsNotExist(err) {
+		t.Fatalf("pin folder created: %v", err)
+	}
+}
