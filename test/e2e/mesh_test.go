@@ -240,3 +240,30 @@ func TestBadInputGivesOneClearLine(t *testing.T) {
 	}
 	_ = netip.Addr{}
 }
+
+// The kill switch stops redirects at once while capture keeps working.
+func TestKillSwitchKeepsCapture(t *testing.T) {
+	m := newSandbox(t)
+	srv := m.bulkServer("127.0.0.1:18101", "s", 256<<10)
+	m.start(meshConfig("on", true, svc{Name: "s", Listen: "10.96.2.1:80", Endpoints: []string{"127.0.0.1:18101"}}))
+	run(t, m.role("bulk", "10.96.2.1:80", fmt.Sprint(256<<10)))
+	before := m.status().BPF
+	if before.RedirectBytes+before.FwdBytes == 0 {
+		t.Fatalf("no acceleration before the kill switch: %+v", before)
+	}
+	run(t, m.app(agentBin, "acceleration", "off"))
+	if st := m.status(); !strings.HasPrefix(st.Mode.Acceleration, "off") {
+		t.Fatalf("mode after kill switch: %q", st.Mode.Acceleration)
+	}
+	run(t, m.role("bulk", "10.96.2.1:80", fmt.Sprint(256<<10)))
+	after := m.status().BPF
+	if after.Captured != before.Captured+1 {
+		t.Fatalf("capture stopped with the kill switch: %d -> %d", before.Captured, after.Captured)
+	}
+	if after.RedirectBytes != before.RedirectBytes || after.FwdBytes != before.FwdBytes {
+		t.Fatalf("bytes still accelerated after the kill switch: %+v -> %+v", before, after)
+	}
+	if n, errs := srv.result(); n != 2 || len(errs) > 0 {
+		t.Fatalf("server: n=%d errs=%v", n, errs)
+	}
+}
