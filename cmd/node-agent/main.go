@@ -172,38 +172,24 @@ func cmdRun(args []string) error {
 			return fail(2, "%v", err)
 		}
 	}
-	if *cgroup != "" {
-		cfg.Capture.Cgroup = *cgroup
-	}
-	if *bpffs != "" {
-		cfg.Capture.BPFFS = *bpffs
-	}
-	if *proxyListen != "" {
-		cfg.Proxy.Listen = *proxyListen
-	}
-	if *adminListen != "" {
-		cfg.Admin.Listen = *adminListen
-	}
-	if *accel != "" {
-		cfg.Capture.Acceleration = config.AccelMode(*accel)
+	for _, o := range []struct {
+		dst *string
+		v   string
+	}{
+		{&cfg.Capture.Cgroup, *cgroup}, {&cfg.Capture.BPFFS, *bpffs}, {&cfg.Proxy.Listen, *proxyListen},
+		{&cfg.Admin.Listen, *adminListen}, {(*string)(&cfg.Capture.Acceleration), *accel},
+		{&cfg.XDS.ResourcesFile, *resourcesFile}, {&cfg.XDS.EmbeddedListen, *embeddedListen},
+		{&cfg.XDS.StateDir, *stateDir}, {&cfg.XDS.NodeID, *nodeID},
+	} {
+		if o.v != "" {
+			*o.dst = o.v
+		}
 	}
 	if *intoApp {
 		cfg.Capture.IntoApp = true
 	}
-	if *resourcesFile != "" {
-		cfg.XDS.ResourcesFile = *resourcesFile
-	}
 	if *xdsAddress != "" {
 		cfg.XDS.Source, cfg.XDS.Address = "remote", *xdsAddress
-	}
-	if *embeddedListen != "" {
-		cfg.XDS.EmbeddedListen = *embeddedListen
-	}
-	if *stateDir != "" {
-		cfg.XDS.StateDir = *stateDir
-	}
-	if *nodeID != "" {
-		cfg.XDS.NodeID = *nodeID
 	}
 	if *delta || *onDemand {
 		cfg.XDS.Delta = true

@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -280,4 +282,26 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// AttachedPrograms returns the IDs of the programs attached to the cgroup
+// dir as cgroup/connect4 or sockops (meshlet's cgroup attach types).
+func AttachedPrograms(t testing.TB, dir string) []ebpf.ProgramID {
+	t.Helper()
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatalf("open cgroup %s: %v", dir, err)
+	}
+	defer f.Close()
+	var ids []ebpf.ProgramID
+	for _, typ := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupSockOps} {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: typ})
+		if err != nil {
+			t.Fatalf("query %s programs on %s: %v", typ, dir, err)
+		}
+		for _, p := range res.Programs {
+			ids = append(ids, p.ID)
+		}
+	}
+	return ids
 }

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -427,21 +428,20 @@ func (a *Agent) adminHandler() http.Handler {
 			return
 		}
 		acc := a.dp.Accel()
-		switch v := r.URL.Query().Get("into_app"); v {
-		case "":
-		case "true", "false":
-			acc.IntoApp = v == "true"
-		default:
-			http.Error(w, fmt.Sprintf("into_app %q: want true or false", v), http.StatusBadRequest)
-			return
-		}
-		switch v := r.URL.Query().Get("forward"); v {
-		case "":
-		case "true", "false":
-			acc.NoForward = v == "false"
-		default:
-			http.Error(w, fmt.Sprintf("forward %q: want true or false", v), http.StatusBadRequest)
-			return
+		for name, dst := range map[string]*bool{"into_app": &acc.IntoApp, "forward": &acc.NoForward} {
+			v := r.URL.Query().Get(name)
+			if v == "" {
+				continue
+			}
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				http.Error(w, fmt.Sprintf("%s %q: want true or false", name, v), http.StatusBadRequest)
+				return
+			}
+			if name == "forward" {
+				b = !b // stored as NoForward
+			}
+			*dst = b
 		}
 		switch m := r.URL.Query().Get("mode"); m {
 		case "off":

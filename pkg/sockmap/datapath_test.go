@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/meshlet/meshlet/internal/privtest"
@@ -206,25 +204,7 @@ func TestCloseDetachesAndUnpins(t *testing.T) {
 }
 
 func attachedPrograms(t *testing.T, cg string) int {
-	t.Helper()
-	n := 0
-	for _, typ := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupSockOps} {
-		res, err := link.QueryPrograms(link.QueryOptions{Target: cgroupFD(t, cg), Attach: typ})
-		if err != nil {
-			t.Fatalf("query %s: %v", typ, err)
-		}
-		n += len(res.Programs)
-	}
-	return n
-}
-
-func cgroupFD(t *testing.T, cg string) int {
-	f, err := os.Open(cg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return int(f.Fd())
+	return len(privtest.AttachedPrograms(t, cg))
 }
 
 func TestLoadRejectsBadInput(t *testing.T) {

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/meshlet/meshlet/internal/privtest"
 )
@@ -139,21 +138,7 @@ func TestFailOpenAndCleanStop(t *testing.T) {
 }
 
 func attached(t *testing.T, cg string) int {
-	t.Helper()
-	f, err := os.Open(cg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	n := 0
-	for _, typ := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupSockOps} {
-		res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: typ})
-		if err != nil {
-			t.Fatalf("query %s on %s: %v", typ, cg, err)
-		}
-		n += len(res.Programs)
-	}
-	return n
+	return len(privtest.AttachedPrograms(t, cg))
 }
 
 // assertNotAttachedElsewhere checks that the agent's programs (found by
@@ -175,25 +160,13 @@ func assertNotAttachedElsewhere(t *testing.T, m *mesh) {
 		ours = append(ours, id)
 	}
 	for _, dir := range []string{privtest.Cgroup2Root(t), m.agentCG, m.appsCG} {
-		f, err := os.Open(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, typ := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupSockOps} {
-			res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: typ})
-			if err != nil {
-				f.Close()
-				t.Fatalf("query %s: %v", dir, err)
-			}
-			for _, p := range res.Programs {
-				for _, id := range ours {
-					if p.ID == id {
-						t.Fatalf("agent program %d attached to %s, outside the cgroup it was given", id, dir)
-					}
+		for _, p := range privtest.AttachedPrograms(t, dir) {
+			for _, id := range ours {
+				if p == id {
+					t.Fatalf("agent program %d attached to %s, outside the cgroup it was given", id, dir)
 				}
 			}
 		}
-		f.Close()
 	}
 }
 
