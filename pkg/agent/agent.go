@@ -113,6 +113,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	defer adminLis.Close()
 
 	popts := proxy.Options{Log: a.log.Named("proxy"), Orig: noCapture{}}
+	if a.cfg.Proxy.AccessLog {
+		popts.AccessLog = a.log.Named("access")
+	}
 	a.mode = Mode{Capture: "explicit", Acceleration: "off", Features: sockmap.Probe()}
 	if a.cfg.Capture.Cgroup == "" {
 		a.mode.Reason = "no cgroup configured: applications must dial the proxy explicitly"

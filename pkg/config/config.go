@@ -55,6 +55,8 @@ type Capture struct {
 // Proxy configures the capture listener.
 type Proxy struct {
 	Listen string `json:"listen"`
+	// AccessLog logs one line per HTTP request (zap, logger "access").
+	AccessLog bool `json:"access_log,omitempty"`
 }
 
 // Admin configures the admin endpoint.

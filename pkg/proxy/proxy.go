@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/meshlet/meshlet/pkg/sniff"
 	"github.com/meshlet/meshlet/pkg/state"
 )
 
@@ -45,12 +46,6 @@ type Forwarding interface {
 	Stop()
 }
 
-// HTTPHandler serves a connection whose filter chain is an HTTP connection
-// manager.
-type HTTPHandler interface {
-	ServeHTTPConn(ctx context.Context, c net.Conn, chain *state.HTTP, snap *state.Snapshot, dst netip.AddrPort)
-}
-
 // Options configure a Proxy.
 type Options struct {
 	Log  *zap.Logger
@@ -61,7 +56,8 @@ type Options struct {
 	DialControl func(accel bool) func(network, address string, c syscall.RawConn) error
 	// AccelUpstream pairs upstream sockets for acceleration.
 	AccelUpstream bool
-	HTTP          HTTPHandler
+	// AccessLog, if set, gets one entry per HTTP request.
+	AccessLog *zap.Logger
 	// Forwarder, if set, hands captured plain TCP connections to the
 	// kernel.
 	Forwarder Forwarder
@@ -77,6 +73,7 @@ type Proxy struct {
 	opts  Options
 	snap  atomic.Pointer[state.Snapshot]
 	stats Stats
+	l7    *l7
 
 	wg sync.WaitGroup
 }
@@ -90,6 +87,7 @@ type Stats struct {
 	UpstreamFail  atomic.Uint64
 	BytesUp       atomic.Uint64 // downstream -> upstream
 	BytesDown     atomic.Uint64
+	HTTPConns     atomic.Uint64
 }
 
 // StatsView is a copy of the counters for reports.
@@ -101,6 +99,7 @@ type StatsView struct {
 	UpstreamFail  uint64 `json:"upstream_connect_fail"`
 	BytesUp       uint64 `json:"bytes_up"`
 	BytesDown     uint64 `json:"bytes_down"`
+	HTTPConns     uint64 `json:"http_connections"`
 }
 
 // New returns a Proxy with no config: connections are refused until Update.
@@ -108,12 +107,17 @@ func New(opts Options) *Proxy {
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
-	return &Proxy{log: opts.Log, opts: opts}
+	p := &Proxy{log: opts.Log, opts: opts}
+	p.l7 = newL7(p)
+	return p
 }
 
 // Update swaps the config atomically. Connections already established keep
 // the snapshot they started with.
-func (p *Proxy) Update(s *state.Snapshot) { p.snap.Store(s) }
+func (p *Proxy) Update(s *state.Snapshot) {
+	p.snap.Store(s)
+	p.l7.retain(s)
+}
 
 // Snapshot returns the config in force.
 func (p *Proxy) Snapshot() *state.Snapshot { return p.snap.Load() }
@@ -124,7 +128,7 @@ func (p *Proxy) Stats() StatsView {
 	return StatsView{
 		Accepted: s.Accepted.Load(), Active: s.Active.Load(), NoOriginalDst: s.NoOriginalDst.Load(),
 		NoListener: s.NoListener.Load(), UpstreamFail: s.UpstreamFail.Load(),
-		BytesUp: s.BytesUp.Load(), BytesDown: s.BytesDown.Load(),
+		BytesUp: s.BytesUp.Load(), BytesDown: s.BytesDown.Load(), HTTPConns: s.HTTPConns.Load(),
 	}
 }
 
@@ -133,6 +137,7 @@ func (p *Proxy) Stats() StatsView {
 func (p *Proxy) Serve(ctx context.Context, lis net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { lis.Close() })
 	defer stop()
+	defer p.l7.close()
 	defer p.wg.Wait()
 	var backoff time.Duration
 	for {
@@ -200,7 +205,28 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 		p.log.Info("no listener for destination", zap.Stringer("src", src), zap.Stringer("dst", dst))
 		return
 	}
-	chain := l.Chain(state.ChainInput{Dst: dst})
+	in := state.ChainInput{Dst: dst}
+	chain := l.Chain(in)
+	proto := sniff.Unknown
+	if l.Sniff || (chain != nil && chain.HTTP != nil) {
+		// Look at the first bytes (bounded in bytes and time, so a
+		// server-speaks-first protocol is not held up for long).
+		var sc *sniff.Conn
+		var err error
+		proto, sc, err = sniff.Detect(c, sniff.DefaultMaxBytes, sniff.DefaultTimeout)
+		if err != nil {
+			p.log.Debug("connection closed before its first bytes", zap.Stringer("src", src), zap.Error(err))
+			return
+		}
+		c = sc
+		switch proto {
+		case sniff.TLS:
+			in.Transport = "tls"
+		case sniff.HTTP1, sniff.HTTP2:
+			in.AppProtocol = proto.String()
+		}
+		chain = l.Chain(in)
+	}
 	if chain == nil {
 		p.stats.NoListener.Add(1)
 		p.log.Info("no filter chain matched", zap.String("listener", l.Name), zap.Stringer("dst", dst))
@@ -209,11 +235,13 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 	switch {
 	case chain.TCP != nil:
 		p.serveTCP(ctx, c, snap, chain.TCP, src, dst, ok)
-	case chain.HTTP != nil && p.opts.HTTP != nil:
-		p.opts.HTTP.ServeHTTPConn(ctx, c, chain.HTTP, snap, dst)
+	case chain.HTTP != nil && (proto == sniff.HTTP1 || proto == sniff.HTTP2):
+		p.stats.HTTPConns.Add(1)
+		p.l7.serve(ctx, c, chain.HTTP, proto, dst)
 	default:
 		p.stats.NoListener.Add(1)
-		p.log.Info("HTTP chain without an L7 handler; connection closed", zap.String("listener", l.Name))
+		p.log.Info("HTTP filter chain but the connection does not speak HTTP; closed",
+			zap.String("listener", l.Name), zap.Stringer("detected", proto))
 	}
 }
 
@@ -239,20 +267,24 @@ func clusterFor(t *state.TCPProxy) string {
 	return t.Weighted[len(t.Weighted)-1].Name
 }
 
+// fetchCluster asks the config source for a cluster the config lacks and
+// holds the caller until it arrives or OnDemandWait passes.
+func (p *Proxy) fetchCluster(ctx context.Context, cluster string) error {
+	wait := p.opts.OnDemandWait
+	if wait <= 0 {
+		wait = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	return p.opts.OnDemand(ctx, cluster)
+}
+
 // DialUpstream connects to an endpoint of the named cluster; the endpoint's
 // Active count is held until release is called.
 func (p *Proxy) DialUpstream(ctx context.Context, snap *state.Snapshot, cluster string, dst netip.AddrPort) (net.Conn, *state.Endpoint, error) {
 	cl := snap.Clusters[cluster]
 	if cl == nil && p.opts.OnDemand != nil {
-		// Hold this first connection while the cluster is fetched.
-		wait := p.opts.OnDemandWait
-		if wait <= 0 {
-			wait = 5 * time.Second
-		}
-		wctx, cancel := context.WithTimeout(ctx, wait)
-		err := p.opts.OnDemand(wctx, cluster)
-		cancel()
-		if err != nil {
+		if err := p.fetchCluster(ctx, cluster); err != nil {
 			return nil, nil, fmt.Errorf("cluster %q not found, and asking for it failed: %w", cluster, err)
 		}
 		if s := p.snap.Load(); s != nil {

@@ -11,6 +11,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
 	"github.com/meshlet/meshlet/pkg/resources"
 )
@@ -41,10 +42,22 @@ type Endpoint struct {
 	Active atomic.Int64
 }
 
+// HTTPProtocol is the protocol the L7 proxy speaks to a cluster's endpoints.
+type HTTPProtocol int
+
+const (
+	// HTTP1 is Envoy's default for a cluster without protocol options.
+	HTTP1 HTTPProtocol = iota
+	HTTP2
+	// Downstream uses the protocol the client used.
+	Downstream
+)
+
 // Cluster is a cluster with its endpoints and load balancer.
 type Cluster struct {
 	Name           string
 	Kind           Kind
+	HTTPProtocol   HTTPProtocol
 	ConnectTimeout time.Duration
 	LB             clusterv3.Cluster_LbPolicy
 	Endpoints      []*Endpoint
@@ -69,6 +82,7 @@ func buildCluster(c *clusterv3.Cluster, set *resources.Set, issues *[]Issue) (*C
 		note("lb_policy %s not implemented: round robin used", out.LB)
 		out.LB = clusterv3.Cluster_ROUND_ROBIN
 	}
+	out.HTTPProtocol = httpProtocol(c, note)
 	if c.GetTransportSocket() != nil || len(c.GetTransportSocketMatches()) > 0 {
 		note("upstream TLS (transport_socket) not implemented yet: plaintext is used")
 	}
@@ -187,4 +201,29 @@ func (c *Cluster) byWeight(x uint32) *Endpoint {
 		}
 	}
 	return c.Endpoints[lo]
+}
+
+const httpProtocolOptionsName = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+// httpProtocol reads the upstream HTTP protocol from the cluster's options.
+func httpProtocol(c *clusterv3.Cluster, note func(string, ...any)) HTTPProtocol {
+	if c.GetHttp2ProtocolOptions() != nil { //nolint:staticcheck // still sent by older control planes
+		return HTTP2
+	}
+	anyOpts := c.GetTypedExtensionProtocolOptions()[httpProtocolOptionsName]
+	if anyOpts == nil {
+		return HTTP1
+	}
+	var o httpv3.HttpProtocolOptions
+	if err := anyOpts.UnmarshalTo(&o); err != nil {
+		note("%s: %v: HTTP/1.1 upstream used", httpProtocolOptionsName, err)
+		return HTTP1
+	}
+	switch {
+	case o.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil:
+		return HTTP2
+	case o.GetUseDownstreamProtocolConfig() != nil, o.GetAutoConfig() != nil:
+		return Downstream
+	}
+	return HTTP1
 }

@@ -448,3 +448,26 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// HTTPChains lists the HTTP connection manager chains of every listener.
+func (s *Snapshot) HTTPChains() []*HTTP {
+	var out []*HTTP
+	add := func(l *Listener) {
+		if l == nil {
+			return
+		}
+		for _, c := range append(append([]*FilterChain(nil), l.Chains...), l.Default) {
+			if c != nil && c.HTTP != nil {
+				out = append(out, c.HTTP)
+			}
+		}
+	}
+	for _, l := range s.exact {
+		add(l)
+	}
+	for _, l := range s.wildcard {
+		add(l)
+	}
+	add(s.dispatch)
+	return out
+}

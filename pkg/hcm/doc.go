@@ -1,0 +1,29 @@
+// Package hcm is meshlet's L7 data plane: an implementation of the subset
+// of Envoy's HTTP connection manager (envoy.filters.network.http_connection_manager)
+// and router filter that Istio's xDS uses.
+//
+// A Manager is built from one HttpConnectionManager proto. It serves
+// downstream connections that pkg/sniff classified as HTTP/1.1 or h2c
+// (HTTP/2 prior knowledge): ServeConn hands HTTP/1.1 connections to a
+// net/http server and h2c connections to golang.org/x/net/http2's server,
+// both with the Manager as handler.
+//
+// For each request the handler takes one consistent snapshot of the route
+// configuration (inline, or RDS through RouteSource; compiled forms are
+// cached per proto pointer), selects a virtual host by domain and a route
+// by path/header/query match, applies the route's action (cluster, weighted
+// clusters, direct_response, redirect), header mutations, host and path
+// rewrites and timeouts, then forwards over the shared upstream Pools:
+// per-cluster HTTP/1.1 keep-alive pools and multiplexed HTTP/2 (h2c)
+// pools, each keyed by endpoint address. Request and response bodies are
+// streamed (never buffered whole); trailers, gRPC status and grpc-timeout
+// are honoured; cancellation and resets propagate both ways.
+//
+// Endpoint selection belongs to the caller through the Upstreams
+// interface. Every request produces an access-log Entry carrying Envoy's
+// response flags (NR, UF, UT, UC, DC, URX, NC, UH, SI, DPE, LR).
+//
+// No code path copies between two *net.TCPConn with io.Copy: connections
+// are wrapped so the splice(2) fast path (which stalls on sockmap
+// accelerated sockets) is never taken.
+package hcm

@@ -1,0 +1,753 @@
+package hcm
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// Causes recorded on the per-request context when we cut a stream.
+var (
+	errRouteTimeout   = errors.New("upstream request timeout")
+	errStreamIdle     = errors.New("stream idle timeout")
+	errRequestTimeout = errors.New("request timeout")
+	errBodyTooLarge   = errors.New("request body too large")
+)
+
+// stream is the per-request state of the proxy.
+type stream struct {
+	m     *Manager
+	w     http.ResponseWriter
+	r     *http.Request
+	e     Entry
+	start time.Time
+	info  *connInfo
+	grpc  bool
+	rt    *route
+	body  *reqBody
+	sent  atomic.Int64
+	wrote bool
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	last   atomic.Int64 // monotonic ns since start of the latest activity
+	idle   time.Duration
+	timers [3]*time.Timer
+	nt     int
+	idleT  atomic.Pointer[time.Timer]
+}
+
+func (s *stream) addFlag(f string) {
+	if s.e.Flags == "" {
+		s.e.Flags = f
+	} else {
+		s.e.Flags += "," + f
+	}
+}
+
+func (s *stream) touch() {
+	if s.idle > 0 {
+		s.last.Store(int64(time.Since(s.start)))
+	}
+}
+
+// abort cuts the stream with cause. A request body still being read is
+// failed at once through a read deadline: the upstream writer blocked in
+// it must return before the transport gives the request up.
+func (s *stream) abort(cause error) {
+	s.cancel(cause)
+	if s.body != nil {
+		s.body.Close()
+	}
+}
+
+func (s *stream) after(d time.Duration, f func()) {
+	s.timers[s.nt] = time.AfterFunc(d, f)
+	s.nt++
+}
+
+func (s *stream) armIdle() {
+	s.idleT.Store(time.AfterFunc(s.idle, s.checkIdle))
+}
+
+func (s *stream) checkIdle() {
+	quiet := time.Since(s.start) - time.Duration(s.last.Load())
+	if quiet >= s.idle {
+		s.abort(errStreamIdle)
+		return
+	}
+	if s.ctx.Err() == nil {
+		s.idleT.Store(time.AfterFunc(s.idle-quiet, s.checkIdle))
+	}
+}
+
+// ServeHTTP proxies one request. It implements http.Handler for both the
+// HTTP/1.1 and the HTTP/2 server.
+func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s := &stream{m: m, w: w, r: r, start: time.Now()}
+	s.info, _ = r.Context().Value(connInfoKey{}).(*connInfo)
+	if s.info == nil {
+		s.info = &connInfo{}
+	}
+	s.e.Start = s.start
+	s.e.Method = r.Method
+	s.e.Protocol = r.Proto
+	s.e.Authority = r.Host
+	s.e.Path = r.RequestURI
+	s.grpc = isGRPC(r.Header)
+	defer s.finish()
+	m.serve1(s)
+}
+
+func (s *stream) finish() {
+	for i := range s.nt {
+		s.timers[i].Stop()
+	}
+	if t := s.idleT.Load(); t != nil {
+		t.Stop()
+	}
+	if s.cancel != nil {
+		s.cancel(context.Canceled)
+	}
+	if s.m.alog == nil {
+		return
+	}
+	s.e.Duration = time.Since(s.start)
+	s.e.BytesSent = s.sent.Load()
+	if s.body != nil {
+		s.e.BytesReceived = s.body.n.Load()
+	}
+	s.e.XFF = s.r.Header.Get("X-Forwarded-For")
+	s.e.UserAgent = s.r.Header.Get("User-Agent")
+	s.m.alog.Log(&s.e)
+}
+
+func (m *Manager) serve1(s *stream) {
+	r := s.r
+	n := 0
+	for _, v := range r.Header {
+		n += len(v)
+	}
+	if n > m.maxHeadersCount {
+		s.local(http.StatusRequestHeaderFieldsTooLarge, FlagDownstreamProtoErr, "too_many_headers", "too many headers")
+		return
+	}
+	if m.maxBodyBytes > 0 && r.ContentLength > m.maxBodyBytes {
+		s.local(http.StatusRequestEntityTooLarge, "", "request_payload_too_large", "Payload Too Large")
+		return
+	}
+	host := r.Host
+	if m.stripAnyHostPort {
+		host = stripPort(host)
+	}
+	host = lowerASCII(host)
+	path := r.RequestURI
+	if !strings.HasPrefix(path, "/") && path != "*" {
+		path = r.URL.RequestURI() // absolute-form request target
+	}
+	t, err := m.table()
+	if err != nil {
+		m.log.Warn("route configuration rejected", zap.String("route_config", m.rdsName), zap.Error(err))
+		s.local(http.StatusServiceUnavailable, FlagNoRoute, "route_configuration_invalid", "route configuration invalid")
+		return
+	}
+	if t == nil {
+		s.local(http.StatusNotFound, FlagNoRoute, "route_not_found", "")
+		return
+	}
+	v := reqView{host: host, path: path, method: r.Method, scheme: "http", hdr: r.Header}
+	rt := t.match(&v)
+	if rt == nil {
+		s.local(http.StatusNotFound, FlagNoRoute, "route_not_found", "")
+		return
+	}
+	s.rt = rt
+	s.e.Route = rt.name
+	rid := r.Header.Get("X-Request-Id")
+	if rid == "" && m.genRequestID {
+		rid = newUUID()
+		r.Header["X-Request-Id"] = []string{rid}
+	}
+	s.e.RequestID = rid
+	switch rt.action {
+	case actDirect:
+		s.direct(rt.direct)
+		return
+	case actRedirect:
+		s.redirect(rt.redirect, host, path)
+		return
+	}
+	cluster, wc := rt.pickCluster(r.Header)
+	s.e.Cluster = cluster
+	if cluster == "" {
+		s.local(http.StatusServiceUnavailable, FlagNoCluster, "cluster_not_found", "")
+		return
+	}
+
+	upgrade := ""
+	if r.ProtoMajor == 1 && headerHasToken(r.Header["Connection"], "upgrade") {
+		upgrade = lowerASCII(r.Header.Get("Upgrade"))
+	}
+	if upgrade != "" && !m.upgrades[upgrade] {
+		s.local(http.StatusForbidden, "", "upgrade_failed", "")
+		return
+	}
+	stripHopByHop(r.Header, upgrade != "")
+	if m.useRemoteAddr {
+		if !m.skipXFFAppend && s.info.remote.IsValid() {
+			ip := s.info.remote.Addr().Unmap().String()
+			if prior, ok := r.Header["X-Forwarded-For"]; ok && len(prior) > 0 {
+				r.Header["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + ip}
+			} else {
+				r.Header["X-Forwarded-For"] = []string{ip}
+			}
+		}
+		r.Header["X-Forwarded-Proto"] = []string{"http"}
+	} else if _, ok := r.Header["X-Forwarded-Proto"]; !ok {
+		r.Header["X-Forwarded-Proto"] = []string{"http"}
+	}
+	if _, ok := r.Header["User-Agent"]; !ok {
+		r.Header["User-Agent"] = []string{""} // keep Go's transports from adding theirs
+	}
+	applyHeaderOps(r.Header, rt.reqAdd, rt.reqDel)
+	if wc != nil && (len(wc.reqAdd) > 0 || len(wc.reqDel) > 0) {
+		applyHeaderOps(r.Header, wc.reqAdd, wc.reqDel)
+	}
+	outHost := r.Host
+	switch {
+	case rt.hostLiteral != "":
+		outHost = rt.hostLiteral
+	case rt.hostHeader != "":
+		if h := r.Header.Get(rt.hostHeader); h != "" {
+			outHost = h
+		}
+	}
+	outPath := rt.rewritePath(path)
+	if outPath != path {
+		r.Header["X-Envoy-Original-Path"] = []string{path}
+	}
+
+	// Timers: route timeout (or grpc-timeout), stream idle, request timeout.
+	timeout := rt.timeout
+	if rt.honourGrpc {
+		if gt, ok := parseGRPCTimeout(r.Header.Get("Grpc-Timeout")); ok {
+			if rt.grpcTimeoutMax > 0 && gt > rt.grpcTimeoutMax {
+				gt = rt.grpcTimeoutMax
+			}
+			timeout = gt
+		}
+	}
+	s.ctx, s.cancel = context.WithCancelCause(r.Context())
+	s.idle = m.streamIdle
+	if rt.idleTimeout >= 0 {
+		s.idle = rt.idleTimeout
+	}
+	var body io.ReadCloser = http.NoBody
+	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		s.body = &reqBody{rc: r.Body, s: s, limit: m.maxBodyBytes}
+		body = s.body
+		if m.requestTimeout > 0 {
+			s.after(m.requestTimeout, func() {
+				if !s.body.eof.Load() {
+					s.abort(errRequestTimeout)
+				}
+			})
+		}
+	}
+	if s.idle > 0 && upgrade == "" { // upgraded streams live until either side closes
+		s.armIdle()
+	}
+	if timeout > 0 && upgrade == "" {
+		s.after(timeout, func() { s.abort(errRouteTimeout) })
+	}
+	if upgrade != "" {
+		s.proxyUpgrade(cluster, outHost, outPath)
+		return
+	}
+
+	out := &http.Request{
+		Method:        r.Method,
+		URL:           &url.URL{Scheme: "http", Opaque: outPath},
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        r.Header,
+		Body:          body,
+		ContentLength: r.ContentLength,
+		Host:          outHost,
+		Trailer:       r.Trailer,
+	}
+	if q := strings.IndexByte(outPath, '?'); q >= 0 {
+		out.URL.Opaque, out.URL.RawQuery = outPath[:q], outPath[q+1:]
+	}
+	if body == http.NoBody {
+		out.ContentLength = 0
+	}
+	out = out.WithContext(s.ctx)
+	cp := m.pools.cluster(cluster)
+	var resp *http.Response
+	var upStart time.Time
+	for attempt := 0; ; attempt++ {
+		ep, err := m.up.Pick(s.ctx, cluster, s.info.orig)
+		if err != nil {
+			switch {
+			case errors.Is(err, ErrNoCluster):
+				s.local(http.StatusServiceUnavailable, FlagNoCluster, "cluster_not_found", "")
+			default:
+				s.local(http.StatusServiceUnavailable, FlagNoHealthyUpstream, "no_healthy_upstream", "no healthy upstream")
+			}
+			return
+		}
+		addr := ep.Addr.String()
+		s.e.UpstreamHost = addr
+		out.URL.Host = addr
+		if rt.autoHost {
+			out.Host = addr
+		}
+		useH2 := ep.Protocol == UpstreamHTTP2 || (ep.Protocol == UseDownstreamProtocol && r.ProtoMajor == 2)
+		upStart = time.Now()
+		resp, err = cp.roundTrip(out, useH2)
+		if err == nil && s.ctx.Err() != nil {
+			// A response that raced with our own timeout or the client
+			// leaving: the stream is already cut.
+			resp.Body.Close()
+			resp, err = nil, context.Cause(s.ctx)
+		}
+		if err == nil {
+			break
+		}
+		var de *dialError
+		if errors.As(err, &de) && attempt < rt.retries && s.body == nil && s.ctx.Err() == nil {
+			continue
+		}
+		if errors.As(err, &de) && attempt > 0 {
+			s.addFlag(FlagRetryLimitExceeded)
+		}
+		s.upstreamFailed(err, false)
+		return
+	}
+	done := false
+	defer func() {
+		// The h2 transport's Body.Close waits for its request-body writer,
+		// which may sit in a downstream Read that only ends with the
+		// handler. Cancel first unless the exchange completed cleanly
+		// (cancelling then would cost the HTTP/1.1 connection its reuse).
+		if !done || (s.body != nil && !s.body.eof.Load()) {
+			s.cancel(context.Canceled)
+		}
+		resp.Body.Close()
+	}()
+	s.e.UpstreamTime = time.Since(upStart)
+	s.touch()
+
+	h := s.w.Header()
+	for k, vv := range resp.Header {
+		h[k] = vv
+	}
+	stripHopByHop(h, false)
+	applyHeaderOps(h, rt.respAdd, rt.respDel)
+	if m.alwaysSetReqID && rid != "" {
+		h["X-Request-Id"] = []string{rid}
+	}
+	h["X-Envoy-Upstream-Service-Time"] = []string{strconv.FormatInt(s.e.UpstreamTime.Milliseconds(), 10)}
+	if m.serverName != "" {
+		h["Server"] = []string{m.serverName}
+	}
+	s.e.Code = resp.StatusCode
+	s.wrote = true
+	s.w.WriteHeader(resp.StatusCode)
+
+	stream := resp.ContentLength < 0 || s.grpc
+	fl, _ := s.w.(http.Flusher)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	// Streaming responses (unknown length, gRPC) are flushed on every
+	// write, headers first: a client may wait for header metadata before
+	// it sends anything.
+	if stream && fl != nil && resp.ContentLength != 0 {
+		fl.Flush()
+	}
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			s.touch()
+			wn, werr := s.w.Write(buf[:n])
+			s.sent.Add(int64(wn))
+			if werr != nil {
+				s.addFlag(FlagDownstreamConnTerm)
+				s.cancel(context.Canceled)
+				return
+			}
+			if stream && fl != nil {
+				fl.Flush()
+			}
+		}
+		if rerr == io.EOF {
+			done = true
+			break
+		}
+		if rerr != nil {
+			s.upstreamFailed(rerr, true)
+			return
+		}
+	}
+	for k, vv := range resp.Trailer {
+		h[http.TrailerPrefix+k] = vv
+	}
+}
+
+// upstreamFailed classifies an upstream error and answers locally (before
+// response headers) or resets the downstream stream (after).
+func (s *stream) upstreamFailed(err error, afterHeaders bool) {
+	cause := context.Cause(s.ctx)
+	code, flag, details, body := http.StatusServiceUnavailable, FlagUpstreamConnTerm, "upstream_reset_before_response_started{connection_termination}",
+		"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+	var de *dialError
+	switch {
+	case s.body != nil && s.body.tooLarge.Load():
+		code, flag, details, body = http.StatusRequestEntityTooLarge, "", "request_payload_too_large", "Payload Too Large"
+	case cause == errRouteTimeout:
+		code, flag, details, body = http.StatusGatewayTimeout, FlagUpstreamTimeout, "upstream_response_timeout", "upstream request timeout"
+	case cause == errStreamIdle:
+		code, flag, details, body = http.StatusRequestTimeout, FlagStreamIdleTimeout, "stream_idle_timeout", "stream timeout"
+	case cause == errRequestTimeout:
+		code, flag, details, body = http.StatusRequestTimeout, FlagStreamIdleTimeout, "request_overall_timeout", "request timeout"
+	case s.r.Context().Err() != nil || (s.body != nil && s.body.failed.Load()):
+		code, flag, details, body = 0, FlagDownstreamConnTerm, "downstream_remote_disconnect", ""
+	case errors.As(err, &de):
+		code, flag, details, body = http.StatusServiceUnavailable, FlagUpstreamConnFailure, "upstream_reset_before_response_started{connection_failure}",
+			"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+	}
+	s.m.log.Debug("upstream request failed", zap.String("upstream_cluster", s.e.Cluster),
+		zap.String("upstream_host", s.e.UpstreamHost), zap.String("response_flags", flag), zap.Error(err))
+	if afterHeaders || code == 0 {
+		s.addFlag(flag)
+		if s.e.Details == "" {
+			s.e.Details = details
+		}
+		if code == 0 {
+			s.e.Code = 0
+			return
+		}
+		// Headers are gone: reset the stream (RST_STREAM on h2, connection
+		// close on HTTP/1.1) so the client does not take a truncated body
+		// for a complete one.
+		panic(http.ErrAbortHandler)
+	}
+	s.local(code, flag, details, body)
+}
+
+// local sends a locally generated reply. gRPC requests get a trailers-only
+// gRPC status instead of an HTTP error, as Envoy does.
+func (s *stream) local(code int, flag, details, body string) {
+	if flag != "" {
+		s.addFlag(flag)
+	}
+	s.e.Code = code
+	s.e.Details = details
+	if s.wrote {
+		return
+	}
+	s.wrote = true
+	h := s.w.Header()
+	if s.rt != nil {
+		applyHeaderOps(h, s.rt.respAdd, s.rt.respDel)
+	}
+	if s.body != nil && !s.body.eof.Load() {
+		// We gave up on a request body mid-way: nothing more of it will be
+		// read. Unblock any reader now (the upstream writer, net/http's
+		// post-handler discard) and do not reuse an HTTP/1.1 connection
+		// whose framing we no longer follow.
+		if s.r.ProtoMajor == 1 {
+			h["Connection"] = []string{"close"}
+		}
+		s.body.Close()
+	}
+	if s.grpc {
+		h["Content-Type"] = []string{"application/grpc"}
+		gs := httpToGRPC(code)
+		if flag == FlagUpstreamTimeout {
+			gs = 4 // DEADLINE_EXCEEDED: the client's own deadline and ours agree
+		}
+		h["Grpc-Status"] = []string{strconv.Itoa(gs)}
+		msg := body
+		if msg == "" {
+			msg = details
+		}
+		h["Grpc-Message"] = []string{url.PathEscape(msg)}
+		s.e.Code = http.StatusOK
+		s.w.WriteHeader(http.StatusOK)
+		return
+	}
+	if body != "" {
+		h["Content-Type"] = []string{"text/plain"}
+		h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	}
+	s.w.WriteHeader(code)
+	if body != "" {
+		n, _ := io.WriteString(s.w, body)
+		s.sent.Add(int64(n))
+	}
+}
+
+func (s *stream) direct(d *direct) {
+	s.e.Details = "direct_response"
+	s.e.Code = d.status
+	h := s.w.Header()
+	applyHeaderOps(h, s.rt.respAdd, s.rt.respDel)
+	if len(d.body) > 0 {
+		if _, ok := h["Content-Type"]; !ok {
+			h["Content-Type"] = []string{"text/plain"}
+		}
+		h["Content-Length"] = []string{strconv.Itoa(len(d.body))}
+	}
+	s.wrote = true
+	s.w.WriteHeader(d.status)
+	if len(d.body) > 0 {
+		n, _ := s.w.Write(d.body)
+		s.sent.Add(int64(n))
+	}
+}
+
+func (s *stream) redirect(rd *redirect, host, path string) {
+	scheme := "http"
+	if rd.scheme != "" {
+		scheme = rd.scheme
+	}
+	if rd.host != "" {
+		if p := portOf(host); p != "" && rd.port == 0 && !strings.Contains(rd.host, ":") {
+			host = rd.host + ":" + p
+		} else {
+			host = rd.host
+		}
+	}
+	if rd.port != 0 {
+		host = stripPort(host) + ":" + strconv.FormatUint(uint64(rd.port), 10)
+	} else if rd.scheme == "https" && portOf(host) == "80" {
+		host = stripPort(host)
+	}
+	p, q := path, ""
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		p, q = path[:i], path[i:]
+	}
+	switch {
+	case rd.path != "":
+		p = rd.path
+		if strings.Contains(p, "?") {
+			q = ""
+		}
+	case rd.hasPrefixRW && (s.rt.kind == pathPrefix || s.rt.kind == pathSepPrefix):
+		p = rd.prefixRewrite + p[min(len(s.rt.path), len(p)):]
+	case rd.regexRW != nil:
+		p = rd.regexRW.ReplaceAllString(p, rd.regexSub)
+	}
+	if rd.stripQuery {
+		q = ""
+	}
+	h := s.w.Header()
+	applyHeaderOps(h, s.rt.respAdd, s.rt.respDel)
+	h["Location"] = []string{scheme + "://" + host + p + q}
+	s.e.Code = rd.code
+	s.e.Details = "direct_response"
+	s.wrote = true
+	s.w.WriteHeader(rd.code)
+}
+
+func portOf(host string) string {
+	if h := stripPort(host); len(h) < len(host) {
+		return host[len(h)+1:]
+	}
+	return ""
+}
+
+// reqBody counts and limits the downstream request body and records why a
+// read failed. Close before EOF (the upstream transport giving up on the
+// request, or our own timeouts) fails the downstream body at once, so a
+// writer blocked in Read returns: HTTP/2 request bodies are closed, an
+// HTTP/1.1 connection gets a read deadline in the past (it is not reused).
+type reqBody struct {
+	rc       io.ReadCloser
+	s        *stream
+	limit    int64
+	n        atomic.Int64
+	eof      atomic.Bool
+	failed   atomic.Bool
+	tooLarge atomic.Bool
+	closed   atomic.Bool
+}
+
+func (b *reqBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		b.s.touch()
+		if t := b.n.Add(int64(n)); b.limit > 0 && t > b.limit {
+			b.tooLarge.Store(true)
+			b.s.cancel(errBodyTooLarge)
+			return 0, errBodyTooLarge
+		}
+	}
+	if err == io.EOF {
+		b.eof.Store(true)
+	} else if err != nil && !b.closed.Load() {
+		b.failed.Store(true) // the client's side failed, not our Close
+	}
+	return n, err
+}
+
+func (b *reqBody) Close() error {
+	if b.eof.Load() || !b.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	if b.s.r.ProtoMajor == 2 {
+		return b.rc.Close() // x/net: breaks the body pipe, safe from any goroutine
+	}
+	// net/http's HTTP/1.1 body Close would wait for the blocked Read.
+	_ = http.NewResponseController(b.s.w).SetReadDeadline(time.Now())
+	return nil
+}
+
+// hop-by-hop headers never forwarded (RFC 9110 §7.6.1).
+var hopHeaders = [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Transfer-Encoding", "Upgrade", "Te", "Trailer"}
+
+func stripHopByHop(h http.Header, keepUpgrade bool) {
+	if c, ok := h["Connection"]; ok {
+		for _, v := range c {
+			for _, tok := range strings.Split(v, ",") {
+				tok = strings.TrimSpace(tok)
+				if tok != "" && !(keepUpgrade && strings.EqualFold(tok, "upgrade")) {
+					delete(h, http.CanonicalHeaderKey(tok))
+				}
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		if _, ok := h[k]; !ok {
+			continue
+		}
+		switch {
+		case k == "Te":
+			if headerHasToken(h["Te"], "trailers") {
+				h["Te"] = []string{"trailers"}
+				continue
+			}
+		case keepUpgrade && (k == "Upgrade"):
+			continue
+		case keepUpgrade && k == "Connection":
+			h["Connection"] = []string{"Upgrade"}
+			continue
+		}
+		delete(h, k)
+	}
+}
+
+func headerHasToken(vals []string, tok string) bool {
+	for _, v := range vals {
+		for v != "" {
+			var t string
+			t, v, _ = strings.Cut(v, ",")
+			if strings.EqualFold(strings.TrimSpace(t), tok) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func lowerASCII(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; 'A' <= c && c <= 'Z' {
+			return strings.ToLower(s)
+		}
+	}
+	return s
+}
+
+// newUUID returns a random version-4 UUID string.
+func newUUID() string {
+	var b [16]byte
+	u1, u2 := rand.Uint64(), rand.Uint64()
+	for i := range 8 {
+		b[i] = byte(u1 >> (8 * i))
+		b[8+i] = byte(u2 >> (8 * i))
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var out [36]byte
+	hex.Encode(out[0:8], b[0:4])
+	out[8] = '-'
+	hex.Encode(out[9:13], b[4:6])
+	out[13] = '-'
+	hex.Encode(out[14:18], b[6:8])
+	out[18] = '-'
+	hex.Encode(out[19:23], b[8:10])
+	out[23] = '-'
+	hex.Encode(out[24:], b[10:])
+	return string(out[:])
+}
+
+// parseGRPCTimeout decodes a grpc-timeout header ("100m", "5S"): at most 8
+// digits and one unit.
+func parseGRPCTimeout(v string) (time.Duration, bool) {
+	if len(v) < 2 || len(v) > 9 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(v[:len(v)-1], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	var unit time.Duration
+	switch v[len(v)-1] {
+	case 'H':
+		unit = time.Hour
+	case 'M':
+		unit = time.Minute
+	case 'S':
+		unit = time.Second
+	case 'm':
+		unit = time.Millisecond
+	case 'u':
+		unit = time.Microsecond
+	case 'n':
+		unit = time.Nanosecond
+	default:
+		return 0, false
+	}
+	d := time.Duration(n) * unit
+	if n > 0 && d/unit != time.Duration(n) {
+		return 1<<63 - 1, true
+	}
+	return d, true
+}
+
+// httpToGRPC maps a local reply's HTTP status to a gRPC status code the way
+// Envoy's Grpc::Utility::httpToGrpcStatus does.
+func httpToGRPC(code int) int {
+	switch code {
+	case 400:
+		return 13 // INTERNAL
+	case 401:
+		return 16 // UNAUTHENTICATED
+	case 403:
+		return 7 // PERMISSION_DENIED
+	case 404:
+		return 12 // UNIMPLEMENTED
+	case 429, 502, 503, 504:
+		return 14 // UNAVAILABLE
+	default:
+		return 2 // UNKNOWN
+	}
+}

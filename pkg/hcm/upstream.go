@@ -1,0 +1,209 @@
+package hcm
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"golang.org/x/net/http2"
+)
+
+// UpstreamProtocol selects the HTTP version spoken to an endpoint.
+type UpstreamProtocol uint8
+
+const (
+	// UseDownstreamProtocol speaks HTTP/2 upstream when the downstream
+	// request arrived over HTTP/2 and HTTP/1.1 otherwise (Envoy's
+	// use_downstream_protocol_config).
+	UseDownstreamProtocol UpstreamProtocol = iota
+	// UpstreamHTTP1 always uses HTTP/1.1 with a keep-alive pool.
+	UpstreamHTTP1
+	// UpstreamHTTP2 always uses HTTP/2 prior knowledge (h2c), multiplexed.
+	UpstreamHTTP2
+)
+
+// Endpoint is one upstream host chosen for a request.
+type Endpoint struct {
+	Addr     netip.AddrPort
+	Protocol UpstreamProtocol
+}
+
+// Upstreams resolves clusters to endpoints. It is implemented by the
+// node agent's cluster state (load balancing, health, ORIGINAL_DST) and
+// consumed here.
+type Upstreams interface {
+	// Pick chooses one endpoint of cluster for a request. orig is the
+	// original destination of the downstream connection (used by
+	// ORIGINAL_DST clusters such as PassthroughCluster). Return an error
+	// wrapping ErrNoCluster or ErrNoHealthyUpstream so the access log gets
+	// the right response flag (NC / UH).
+	Pick(ctx context.Context, cluster string, orig netip.AddrPort) (Endpoint, error)
+}
+
+// RouteSource resolves RDS route configuration names. Returning a new
+// pointer is how a route change becomes visible; the compiled form is
+// cached per pointer.
+type RouteSource interface {
+	Route(name string) *routev3.RouteConfiguration
+}
+
+var (
+	// ErrNoCluster means the route names a cluster that does not exist.
+	ErrNoCluster = errors.New("cluster not found")
+	// ErrNoHealthyUpstream means the cluster has no usable endpoint.
+	ErrNoHealthyUpstream = errors.New("no healthy upstream")
+)
+
+// DialFunc opens a TCP connection to an upstream endpoint. The node agent
+// uses it to mark sockets so they are not captured again.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// PoolOptions tunes the upstream connection pools.
+type PoolOptions struct {
+	// Dial opens upstream connections; nil uses a net.Dialer.
+	Dial DialFunc
+	// ConnectTimeout bounds Dial (default 10s, Envoy's connect_timeout is
+	// per cluster: the Upstreams implementation may enforce a shorter one
+	// through its own Dial).
+	ConnectTimeout time.Duration
+	// MaxIdlePerEndpoint is the HTTP/1.1 keep-alive pool size per endpoint
+	// (default 256).
+	MaxIdlePerEndpoint int
+	// IdleTimeout closes pooled connections unused for this long (default 60s).
+	IdleTimeout time.Duration
+}
+
+// Pools holds upstream connection pools keyed by (cluster, endpoint) and
+// the cache of compiled route configurations. Create one per process and
+// share it between Managers, so configuration swaps keep warm connections.
+type Pools struct {
+	opts     PoolOptions
+	mu       sync.Mutex
+	clusters map[string]*clusterPool
+	routes   routeCache
+}
+
+// clusterPool is one cluster's HTTP/1.1 and HTTP/2 transports. Each
+// transport pools connections per endpoint address internally.
+type clusterPool struct {
+	h1 *http.Transport
+	h2 *http2.Transport
+}
+
+// NewPools creates the shared upstream pools.
+func NewPools(opts PoolOptions) *Pools {
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = 10 * time.Second
+	}
+	if opts.MaxIdlePerEndpoint <= 0 {
+		opts.MaxIdlePerEndpoint = 256
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = 60 * time.Second
+	}
+	if opts.Dial == nil {
+		d := &net.Dialer{}
+		opts.Dial = d.DialContext
+	}
+	return &Pools{opts: opts, clusters: map[string]*clusterPool{}, routes: newRouteCache()}
+}
+
+// dialError marks a failure to establish the upstream connection (UF).
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return "upstream connect: " + e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// plainConn hides io.ReaderFrom/io.WriterTo of *net.TCPConn so no copy on
+// this connection takes the splice(2) path (it stalls on sockmap sockets).
+type plainConn struct{ net.Conn }
+
+func (p *Pools) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.opts.ConnectTimeout)
+	defer cancel()
+	c, err := p.opts.Dial(ctx, network, addr)
+	if err != nil {
+		return nil, &dialError{err: err}
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	return plainConn{c}, nil
+}
+
+func (p *Pools) cluster(name string) *clusterPool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cp, ok := p.clusters[name]; ok {
+		return cp
+	}
+	cp := &clusterPool{
+		h1: &http.Transport{
+			DialContext:           p.dial,
+			MaxIdleConnsPerHost:   p.opts.MaxIdlePerEndpoint,
+			IdleConnTimeout:       p.opts.IdleTimeout,
+			DisableCompression:    true,
+			ExpectContinueTimeout: time.Second,
+			WriteBufferSize:       16 << 10,
+			ReadBufferSize:        16 << 10,
+			Proxy:                 nil,
+			ForceAttemptHTTP2:     false,
+			TLSNextProto:          map[string]func(string, *tls.Conn) http.RoundTripper{},
+		},
+		h2: &http2.Transport{
+			AllowHTTP: true,
+			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+				return p.dial(ctx, network, addr)
+			},
+			DisableCompression: true,
+			ReadIdleTimeout:    30 * time.Second,
+			PingTimeout:        10 * time.Second,
+			IdleConnTimeout:    p.opts.IdleTimeout,
+		},
+	}
+	p.clusters[name] = cp
+	return cp
+}
+
+// Retain closes the pools of clusters not in keep (call after a CDS update).
+func (p *Pools) Retain(keep func(cluster string) bool) {
+	p.mu.Lock()
+	var drop []*clusterPool
+	for name, cp := range p.clusters {
+		if !keep(name) {
+			drop = append(drop, cp)
+			delete(p.clusters, name)
+		}
+	}
+	p.mu.Unlock()
+	for _, cp := range drop {
+		cp.close()
+	}
+}
+
+// Close closes every idle pooled connection; in-flight requests finish.
+func (p *Pools) Close() {
+	p.Retain(func(string) bool { return false })
+}
+
+func (cp *clusterPool) close() {
+	cp.h1.CloseIdleConnections()
+	cp.h2.CloseIdleConnections()
+}
+
+func (cp *clusterPool) roundTrip(req *http.Request, h2 bool) (*http.Response, error) {
+	if h2 {
+		return cp.h2.RoundTrip(req)
+	}
+	return cp.h1.RoundTrip(req)
+}
+
+// String describes the pool for logs.
+func (e Endpoint) String() string { return fmt.Sprintf("%s/%d", e.Addr, e.Protocol) }

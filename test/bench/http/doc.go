@@ -1,0 +1,19 @@
+// Command http is meshlet's L7 benchmark harness. One run measures, side by
+// side on the same upstream (an nginx returning 1 KiB), HTTP/1.1 keep-alive
+// requests/s and p99 latency with wrk through: meshlet's hcm Manager (this
+// binary in "proxy" mode), HAProxy (http mode), nginx as reverse proxy, and
+// direct; plus each proxy's CPU time per request from /proc/PID/stat, and
+// gRPC unary p50 latency through meshlet versus direct.
+//
+// Each proxy is pinned to CPU 0 and runs single-threaded (GOMAXPROCS=1,
+// nbthread 1, worker_processes 1); wrk and the upstreams share CPU 1, so the
+// proxy under test is the bottleneck and the comparison is per core.
+//
+// Usage (from the repository root):
+//
+//	go run ./test/bench/http [-d 8s] [-c 32] [-out results.md]
+//
+// Every config, pid and log file lives in a temp dir removed on exit; the
+// system nginx/haproxy configuration is never read or touched. All traffic
+// is on 127.0.0.1.
+package main

@@ -1,0 +1,385 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+)
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "proxy":
+			if err := runProxy(os.Args[2:]); err != nil {
+				fmt.Fprintln(os.Stderr, "proxy:", err)
+				os.Exit(1)
+			}
+			return
+		case "grpc-upstream":
+			if err := runGRPCUpstream(os.Args[2:]); err != nil {
+				fmt.Fprintln(os.Stderr, "grpc-upstream:", err)
+				os.Exit(1)
+			}
+			return
+		}
+	}
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type result struct {
+	name     string
+	rps      float64
+	p99      time.Duration
+	cpuPerRq time.Duration // 0 when not applicable
+	errors   string
+}
+
+func run() error {
+	dur := flag.Duration("d", 8*time.Second, "wrk duration per target")
+	conns := flag.Int("c", 32, "wrk connections")
+	out := flag.String("out", "", "also write the markdown report to this file")
+	grpcN := flag.Int("grpc-n", 5000, "sequential gRPC unary calls per target (0: skip)")
+	pin := flag.Bool("pin", true, "pin proxies to CPU 0 and wrk/upstreams to CPU 1 (false: no pinning, GOMAXPROCS unset for meshlet)")
+	only := flag.String("targets", "direct,meshlet,haproxy,nginx", "comma-separated wrk targets to run")
+	flag.Parse()
+
+	for _, tool := range []string{"wrk", "nginx", "haproxy", "taskset"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found (apt-get install wrk nginx-light haproxy util-linux): %w", tool, err)
+		}
+	}
+	tmp, err := os.MkdirTemp("", "meshlet-bench-")
+	if err != nil {
+		return fmt.Errorf("temp dir: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var procs []*exec.Cmd
+	defer func() {
+		for _, p := range procs {
+			_ = p.Process.Kill()
+			_ = p.Wait()
+		}
+	}()
+	start := func(cpu string, env []string, name string, args ...string) (*exec.Cmd, error) {
+		if !*pin {
+			cpu = "0-" + strconv.Itoa(runtime.NumCPU()-1)
+			env = nil
+		}
+		cmd := exec.CommandContext(ctx, "taskset", append([]string{"-c", cpu, name}, args...)...)
+		cmd.Env = append(os.Environ(), env...)
+		logf, err := os.Create(filepath.Join(tmp, filepath.Base(name)+"-"+strconv.Itoa(len(procs))+".log"))
+		if err != nil {
+			return nil, err
+		}
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
+		procs = append(procs, cmd)
+		return cmd, nil
+	}
+	ports, err := freePorts(6)
+	if err != nil {
+		return err
+	}
+	upPort, meshPort, haPort, ngPort, grpcPort, _ := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+
+	// Upstream: nginx returning 1 KiB (cheap, so the proxy is the bottleneck).
+	upConf, err := writeNginxUpstream(tmp, upPort)
+	if err != nil {
+		return err
+	}
+	if _, err := start("1", nil, "nginx", "-p", filepath.Join(tmp, "up"), "-c", upConf, "-e", filepath.Join(tmp, "up", "error.log")); err != nil {
+		return err
+	}
+	if _, err := start("1", []string{"GOMAXPROCS=1"}, self, "grpc-upstream", "-listen", fmt.Sprintf("127.0.0.1:%d", grpcPort)); err != nil {
+		return err
+	}
+	mesh, err := start("0", []string{"GOMAXPROCS=1"}, self, "proxy", "-listen", fmt.Sprintf("127.0.0.1:%d", meshPort),
+		"-upstream", fmt.Sprintf("127.0.0.1:%d", upPort), "-grpc-upstream", fmt.Sprintf("127.0.0.1:%d", grpcPort))
+	if err != nil {
+		return err
+	}
+	haConf, err := writeHAProxy(tmp, haPort, upPort)
+	if err != nil {
+		return err
+	}
+	ha, err := start("0", nil, "haproxy", "-db", "-f", haConf)
+	if err != nil {
+		return err
+	}
+	ngConf, err := writeNginxProxy(tmp, ngPort, upPort)
+	if err != nil {
+		return err
+	}
+	ng, err := start("0", nil, "nginx", "-p", filepath.Join(tmp, "px"), "-c", ngConf, "-e", filepath.Join(tmp, "px", "error.log"))
+	if err != nil {
+		return err
+	}
+	for _, p := range []int{upPort, meshPort, haPort, ngPort, grpcPort} {
+		if err := waitPort(ctx, p, 10*time.Second); err != nil {
+			return fmt.Errorf("port %d not ready: %w\n%s", p, err, dumpLogs(tmp))
+		}
+	}
+
+	targets := []struct {
+		name string
+		port int
+		cmd  *exec.Cmd
+	}{
+		{"direct (nginx upstream)", upPort, nil},
+		{"meshlet hcm", meshPort, mesh},
+		{"HAProxy 2.6 (http mode)", haPort, ha},
+		{"nginx 1.22 reverse proxy", ngPort, ng},
+	}
+	var results []result
+	for _, tg := range targets {
+		if !strings.Contains(*only, strings.ToLower(strings.Fields(tg.name)[0])) {
+			continue
+		}
+		url := fmt.Sprintf("http://127.0.0.1:%d/", tg.port)
+		if _, err := wrk(ctx, url, *conns, time.Second); err != nil { // warm-up
+			return fmt.Errorf("%s warm-up: %w", tg.name, err)
+		}
+		var before time.Duration
+		if tg.cmd != nil {
+			before = cpuTime(tg.cmd.Process.Pid)
+		}
+		r, err := wrk(ctx, url, *conns, *dur)
+		if err != nil {
+			return fmt.Errorf("%s: %w", tg.name, err)
+		}
+		r.name = tg.name
+		if tg.cmd != nil && r.total > 0 {
+			r.cpuPerRq = (cpuTime(tg.cmd.Process.Pid) - before) / time.Duration(r.total)
+		}
+		results = append(results, r.result)
+		fmt.Fprintf(os.Stderr, "%-28s %10.0f req/s  p99 %8v  cpu/req %v %s\n", r.name, r.rps, r.p99, r.cpuPerRq, r.errors)
+	}
+
+	var direct, via time.Duration
+	if *grpcN > 0 {
+		if direct, err = grpcP50(ctx, fmt.Sprintf("127.0.0.1:%d", grpcPort), *grpcN); err != nil {
+			return fmt.Errorf("grpc direct: %w", err)
+		}
+		if via, err = grpcP50(ctx, fmt.Sprintf("127.0.0.1:%d", meshPort), *grpcN); err != nil {
+			return fmt.Errorf("grpc via meshlet: %w", err)
+		}
+	}
+	report := formatReport(results, direct, via, *dur, *conns)
+	fmt.Print(report)
+	if *out != "" {
+		if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", *out, err)
+		}
+	}
+	return nil
+}
+
+func formatReport(rs []result, grpcDirect, grpcVia time.Duration, d time.Duration, c int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Host: %d CPUs (%s), Go %s. wrk -t1 -c%d -d%s, 1 KiB responses, keep-alive; proxies pinned to CPU 0 single-threaded, wrk + upstream on CPU 1.\n\n",
+		runtime.NumCPU(), cpuModel(), runtime.Version(), c, d)
+	b.WriteString("| target | requests/s | p99 latency | proxy CPU per request | notes |\n|---|---:|---:|---:|---|\n")
+	var ha, mesh result
+	for _, r := range rs {
+		cpu := "-"
+		if r.cpuPerRq > 0 {
+			cpu = fmt.Sprintf("%.1f µs", float64(r.cpuPerRq.Nanoseconds())/1e3)
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %v | %s | %s |\n", r.name, r.rps, r.p99.Round(time.Microsecond), cpu, r.errors)
+		if strings.HasPrefix(r.name, "HAProxy") {
+			ha = r
+		}
+		if strings.HasPrefix(r.name, "meshlet") {
+			mesh = r
+		}
+	}
+	if ha.rps > 0 {
+		fmt.Fprintf(&b, "\nmeshlet / HAProxy requests/s: **%.2f×** (goal ≥ 1.20×); meshlet CPU per request: **%.1f µs** (goal ≤ 35 µs).\n",
+			mesh.rps/ha.rps, float64(mesh.cpuPerRq.Nanoseconds())/1e3)
+	}
+	if grpcDirect == 0 {
+		return b.String()
+	}
+	fmt.Fprintf(&b, "\ngRPC unary (grpc.testing.TestService/UnaryCall, sequential): p50 direct %v, via meshlet %v: **%.2f×** (goal ≤ 1.10×).\n",
+		grpcDirect.Round(time.Microsecond), grpcVia.Round(time.Microsecond), float64(grpcVia)/float64(grpcDirect))
+	return b.String()
+}
+
+func cpuModel() string {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
+
+type wrkResult struct {
+	result
+	total int64
+}
+
+var (
+	reRPS   = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	reP99   = regexp.MustCompile(`\s99%\s+([0-9.]+)(us|ms|s)`)
+	reTotal = regexp.MustCompile(`(\d+) requests in`)
+	reErr   = regexp.MustCompile(`(Non-2xx or 3xx responses: \d+|Socket errors: [^\n]+)`)
+)
+
+func wrk(ctx context.Context, url string, conns int, d time.Duration) (wrkResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "taskset", "-c", "1", "wrk", "-t1", fmt.Sprintf("-c%d", conns),
+		fmt.Sprintf("-d%ds", int(d.Seconds())), "--latency", url).CombinedOutput()
+	if err != nil {
+		return wrkResult{}, fmt.Errorf("wrk: %w: %s", err, out)
+	}
+	s := string(out)
+	var r wrkResult
+	m := reRPS.FindStringSubmatch(s)
+	t := reTotal.FindStringSubmatch(s)
+	p := reP99.FindStringSubmatch(s)
+	if m == nil || t == nil || p == nil {
+		return r, fmt.Errorf("cannot parse wrk output:\n%s", s)
+	}
+	r.rps, _ = strconv.ParseFloat(m[1], 64)
+	r.total, _ = strconv.ParseInt(t[1], 10, 64)
+	v, _ := strconv.ParseFloat(p[1], 64)
+	unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[p[2]]
+	r.p99 = time.Duration(v * float64(unit))
+	r.errors = strings.Join(reErr.FindAllString(s, -1), "; ")
+	return r, nil
+}
+
+// cpuTime is utime+stime of a process (all threads) from /proc/PID/stat.
+// pid is taskset's pid, which execs the target, so it is the target's pid.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+2:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	const clkTck = 100 // USER_HZ on Linux
+	return time.Duration(ut+st) * time.Second / clkTck
+}
+
+func grpcP50(ctx context.Context, addr string, n int) (time.Duration, error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return 0, err
+	}
+	defer cc.Close()
+	tc := testgrpc.NewTestServiceClient(cc)
+	req := &testpb.SimpleRequest{ResponseSize: 1024, Payload: &testpb.Payload{Body: make([]byte, 1024)}}
+	for range 500 { // warm-up
+		if _, err := tc.UnaryCall(ctx, req); err != nil {
+			return 0, err
+		}
+	}
+	lat := make([]time.Duration, 0, n)
+	for range n {
+		t0 := time.Now()
+		if _, err := tc.UnaryCall(ctx, req); err != nil {
+			return 0, err
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	slices.Sort(lat)
+	return lat[len(lat)/2], nil
+}
+
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("free port: %w", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, int(netip.MustParseAddrPort(l.Addr().String()).Port()))
+	}
+	return ports, nil
+}
+
+func waitPort(ctx context.Context, port int, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return errors.Join(err, ctx.Err())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// dumpLogs returns the tail of every process log in dir (for start-up errors).
+func dumpLogs(dir string) string {
+	var b strings.Builder
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	more, _ := filepath.Glob(filepath.Join(dir, "*", "error.log"))
+	for _, l := range append(logs, more...) {
+		data, _ := os.ReadFile(l)
+		if len(data) > 2000 {
+			data = data[len(data)-2000:]
+		}
+		fmt.Fprintf(&b, "== %s\n%s\n", filepath.Base(l), data)
+	}
+	return b.String()
+}
