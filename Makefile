@@ -34,6 +34,7 @@ generate:
 # Benchmarks (not timed tests): same-node TCP paths side by side.
 bench: build
 	MESHLET_BENCH=1 MESHLET_BENCH_OUT=$(CURDIR)/docs/bench-tcp.md $(GO) test -count=1 -timeout 30m -run 'TestBenchTCP' -v ./test/e2e
+	MESHLET_BENCH=1 MESHLET_BENCH_XDS_OUT=$(CURDIR)/docs/bench-xds.md $(GO) test -count=1 -timeout 20m -run 'TestBenchXDS' -v ./test/e2e
 
 fuzz:
 	$(GO) test ./pkg/config -run '^$$' -fuzz FuzzParse -fuzztime 30s

@@ -6,7 +6,7 @@
 //	node-agent ready [--admin ADDR] [--timeout D]
 //	node-agent acceleration on|off [--admin ADDR]
 //	node-agent cleanup [--bpffs DIR]
-//	node-agent xds-server --config FILE [--listen ADDR]
+//	node-agent xds-server --config FILE [--listen ADDR] [--poll D]
 //	node-agent default-config
 package main
 
@@ -331,8 +331,12 @@ func cmdXDSServer(args []string) error {
 	file := fs.String("config", "", "Envoy v3 resources file (bootstrap static_resources shape or a config dump)")
 	listen := fs.String("listen", config.DefaultEmbeddedListen, "address to serve on (host:port or unix:///path)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	poll := fs.Duration("poll", xdsserver.DefaultPollInterval, "how often the file is checked for changes")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *poll <= 0 {
+		return fail(2, "xds-server: --poll %v: want a positive duration", *poll)
 	}
 	if *file == "" {
 		return fail(2, "xds-server: --config FILE is required")
@@ -348,7 +352,7 @@ func cmdXDSServer(args []string) error {
 		return fail(2, "xds-server: %v", err)
 	}
 	log.Info("xds server starting", zap.String("config", *file), zap.String("listen", *listen))
-	if err := xdsserver.ListenAndServe(ctx, *listen, xdsserver.Options{ConfigPath: *file, Logger: log}); err != nil {
+	if err := xdsserver.ListenAndServe(ctx, *listen, xdsserver.Options{ConfigPath: *file, PollInterval: *poll, Logger: log}); err != nil {
 		return fail(1, "xds-server: %v", err)
 	}
 	return nil

@@ -18,6 +18,7 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -217,6 +218,16 @@ func (c *Client) Run(ctx context.Context) error {
 
 	bo := backoff{base: c.cfg.BackoffBase, max: c.cfg.BackoffMax}
 	for {
+		// gRPC keeps its own reconnect backoff (up to 120 s) under ours:
+		// after a long outage a stream opened on our schedule would fail
+		// at once while gRPC waits, and the waits add up. Wake it so the
+		// attempt happens now.
+		if conn.GetState() == connectivity.TransientFailure {
+			conn.ResetConnectBackoff()
+			wctx, wcancel := context.WithTimeout(ctx, time.Second)
+			conn.WaitForStateChange(wctx, connectivity.TransientFailure)
+			wcancel()
+		}
 		progressed, err := c.runStream(ctx, conn)
 		c.mu.Lock()
 		c.status.Connected = false

@@ -74,6 +74,12 @@ func runRole(role string, args []string) int {
 		err = rolePingPong(args)
 	case "bulk-send": // ADDR BYTES: print JSON throughput
 		err = roleBulkSend(args)
+	case "xds-load": // STOPFILE MAXSECONDS ADDR...: print a JSON loadReport
+		err = roleXDSLoad(args)
+	case "xds-dial": // ADDR: print the name of the upstream that answered
+		err = roleXDSDial(args)
+	case "l7-http", "l7-split", "l7-raw", "l7-grpc", "l7-grpc-lat": // l7_roles_test.go
+		err = runL7Role(role, args)
 	default:
 		err = fmt.Errorf("unknown role %q", role)
 	}

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -20,6 +21,7 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshlet/meshlet/pkg/resources"
@@ -136,9 +138,14 @@ func readBounded(path string) ([]byte, error) {
 
 // Decode detects the shape of data and decodes it.
 func Decode(data []byte) (*resources.Set, []resources.ConfigDumpIssue, error) {
-	js, err := yaml.YAMLToJSON(data)
-	if err != nil {
-		return nil, nil, fmt.Errorf("resources: not YAML or JSON: %w", err)
+	// JSON is YAML, but the YAML parser is slow on large files (seconds
+	// for tens of MB): convert only what is not JSON already.
+	js := data
+	if !json.Valid(data) {
+		var err error
+		if js, err = yaml.YAMLToJSON(data); err != nil {
+			return nil, nil, fmt.Errorf("resources: not YAML or JSON: %w", err)
+		}
 	}
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(js, &top); err != nil {
@@ -151,7 +158,11 @@ func Decode(data []byte) (*resources.Set, []resources.ConfigDumpIssue, error) {
 		}
 		return set, issues, nil
 	}
-	set, err := resources.Decode(js)
+	var b bootstrapv3.Bootstrap
+	if err := protojson.Unmarshal(js, &b); err != nil {
+		return nil, nil, fmt.Errorf("envoy v3 bootstrap: %w", err)
+	}
+	set, err := resources.FromBootstrap(&b)
 	return set, nil, err
 }
 
