@@ -523,7 +523,10 @@ func (c *Client) desired(url string) (wildcard bool, names map[string]bool) {
 
 func (c *Client) computeDesired(url string, names map[string]bool) (bool, map[string]bool) {
 	switch url {
-	case ClusterType, ListenerType:
+	case ListenerType:
+		// Listeners say what to capture: always the whole set.
+		return true, map[string]bool{}
+	case ClusterType:
 		if !c.cfg.OnDemand {
 			return true, map[string]bool{}
 		}

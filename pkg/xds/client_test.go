@@ -313,7 +313,7 @@ func TestOnDemand(t *testing.T) {
 		t.Fatalf("Want c2: %v", err)
 	}
 	got, _ := tc.rec.get()
-	if len(got.Clusters) != 1 || got.Clusters["c2"] == nil || got.Endpoints["eds:c2"] == nil || len(got.Listeners) != 0 {
+	if len(got.Clusters) != 1 || got.Clusters["c2"] == nil || got.Endpoints["eds:c2"] == nil || len(got.Listeners) != len(all.Listeners) {
 		t.Fatalf("on-demand set: %d clusters %d endpoints %d listeners", len(got.Clusters), len(got.Endpoints), len(got.Listeners))
 	}
 	if err := tc.c.WantCluster(wctx, "c3"); err != nil {

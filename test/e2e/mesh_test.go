@@ -240,3 +240,21 @@ func TestKillSwitchKeepsCapture(t *testing.T) {
 		t.Fatalf("server: n=%d errs=%v", n, errs)
 	}
 }
+
+// On-demand: the agent subscribes to no cluster until a meshed connection
+// needs one; that first connection waits for the cluster and gets through.
+func TestOnDemandClusterHoldsFirstConnection(t *testing.T) {
+	m := newSandbox(t)
+	srv := m.bulkServer("127.0.0.1:18301", "late", 4096)
+	m.start(meshConfig("on", false, svc{Name: "late", Listen: "10.96.4.1:80", Endpoints: []string{"127.0.0.1:18301"}}), "--on-demand")
+	if st := m.status(); st.Config.Clusters != 0 || len(st.Services) != 1 {
+		t.Fatalf("before the first connection: %d clusters (want 0), services %v", st.Config.Clusters, st.Services)
+	}
+	run(t, m.role("bulk", "10.96.4.1:80", "4096"))
+	if n, errs := srv.result(); n != 1 || len(errs) > 0 {
+		t.Fatalf("first connection: n=%d errs=%v", n, errs)
+	}
+	if st := m.status(); st.Config.Clusters != 1 || st.ProxyStats.UpstreamFail != 0 {
+		t.Fatalf("after: %d clusters, %d upstream failures", st.Config.Clusters, st.ProxyStats.UpstreamFail)
+	}
+}
