@@ -230,7 +230,7 @@ func (a *Agent) startConfigSource(ctx context.Context) (*xds.Client, <-chan erro
 	}
 	cfg := xds.Config{
 		Address: a.xdsAddress(), Node: node, Delta: x.Delta, OnDemand: x.OnDemand,
-		TokenFile: x.TokenFile, Logger: a.log.Named("xds"),
+		TokenFile: x.TokenFile, Logger: a.log.Named("xds"), MaxRecvMsgSize: x.MaxMessageBytes,
 	}
 	if x.CAFile != "" {
 		cfg.TLS = &xds.TLSConfig{CAFile: x.CAFile, ServerName: x.ServerName}

@@ -96,6 +96,9 @@ type XDS struct {
 	TokenFile  string `json:"token_file,omitempty"`
 	// StateDir keeps the last accepted configuration (empty: not kept).
 	StateDir string `json:"state_dir,omitempty"`
+	// MaxMessageBytes bounds one xDS response (default 64 MiB); a larger
+	// one is refused with a clear error and nothing is applied.
+	MaxMessageBytes int `json:"max_message_bytes,omitempty"`
 }
 
 // IstioNode is the identity an agent presents to istiod.
