@@ -4,9 +4,24 @@
 //
 // A Manager is built from one HttpConnectionManager proto. It serves
 // downstream connections that pkg/sniff classified as HTTP/1.1 or h2c
-// (HTTP/2 prior knowledge): ServeConn hands HTTP/1.1 connections to a
-// net/http server and h2c connections to golang.org/x/net/http2's server,
-// both with the Manager as handler.
+// (HTTP/2 prior knowledge), with the Manager as handler for both:
+//
+//   - HTTP/1.1 starts on a fast path (h1server.go): one goroutine per
+//     connection parses each request head itself, calls the handler with a
+//     ResponseWriter that sends a small response (head and body) in one
+//     write, and reads nothing ahead (a watcher read for a departing client
+//     starts only when a request is slow). The first request it does not
+//     take (Upgrade, Expect, Transfer-Encoding, absolute-form target, an
+//     oversized or malformed head, ...) hands the connection, unconsumed
+//     bytes included, to a net/http server, which keeps it.
+//   - h2c goes to golang.org/x/net/http2's server over a connection whose
+//     writes are coalesced (coalesce.go).
+//
+// Upstream, HTTP/1.1 requests with a known body of at most 64 KiB use a
+// synchronous client (h1client.go: one write per request, response parsed
+// on the caller's goroutine, stale pooled connections retried once);
+// others use net/http's Transport, and HTTP/2 uses x/net's Transport,
+// again over write-coalescing connections.
 //
 // For each request the handler takes one consistent snapshot of the route
 // configuration (inline, or RDS through RouteSource; compiled forms are

@@ -77,6 +77,12 @@ type Manager struct {
 	serve  sync.Once
 	closed chan struct{}
 	once   sync.Once
+
+	// HTTP/1.1 fast path (h1server.go).
+	fmu       sync.Mutex
+	fconns    map[*fastConn]struct{}
+	draining  atomic.Bool
+	dateCache atomic.Pointer[cachedDate]
 }
 
 type rdsEntry struct {
@@ -235,6 +241,9 @@ func (m *Manager) ServeConn(ctx context.Context, c net.Conn, proto sniff.Protoco
 	switch proto {
 	case sniff.HTTP2:
 		sc.info.h2 = true
+		// x/net's server flushes per frame batch; coalesce what it writes
+		// while the handlers are busy into one write.
+		sc.Conn = newCoalescingConn(c)
 		m.h2.ServeConn(sc, &http2.ServeConnOpts{
 			Context:    context.WithValue(ctx, connInfoKey{}, &sc.info),
 			BaseConfig: m.h1,
@@ -243,24 +252,13 @@ func (m *Manager) ServeConn(ctx context.Context, c net.Conn, proto sniff.Protoco
 		sc.Close()
 		return nil
 	case sniff.HTTP1:
-		m.serve.Do(func() {
-			go func() {
-				if err := m.h1.Serve(m.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-					m.log.Error("http/1.1 server stopped", zap.Error(err))
-				}
-			}()
-		})
 		select {
-		case m.ln.ch <- sc:
 		case <-m.closed:
 			sc.Close()
 			return errors.New("hcm: manager closed")
-		case <-ctx.Done():
-			sc.Close()
-			return ctx.Err()
+		default:
 		}
-		<-sc.done
-		return nil
+		return m.serveH1(ctx, sc)
 	default:
 		sc.Close()
 		return fmt.Errorf("hcm: cannot serve protocol %v", proto)
@@ -272,6 +270,9 @@ func (m *Manager) ServeConn(ctx context.Context, c net.Conn, proto sniff.Protoco
 // ends.
 func (m *Manager) Shutdown(ctx context.Context) error {
 	m.once.Do(func() { close(m.closed); m.ln.Close() })
+	if err := m.shutdownFast(ctx); err != nil {
+		return err
+	}
 	if err := m.h1.Shutdown(ctx); err != nil {
 		return fmt.Errorf("hcm: shutdown: %w", err)
 	}
@@ -281,6 +282,8 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 // Close closes all connections immediately.
 func (m *Manager) Close() error {
 	m.once.Do(func() { close(m.closed); m.ln.Close() })
+	m.draining.Store(true)
+	m.closeFast(true)
 	return m.h1.Close()
 }
 

@@ -93,8 +93,9 @@ type Pools struct {
 // clusterPool is one cluster's HTTP/1.1 and HTTP/2 transports. Each
 // transport pools connections per endpoint address internally.
 type clusterPool struct {
-	h1 *http.Transport
-	h2 *http2.Transport
+	fast *h1Pool // synchronous HTTP/1.1 client (h1client.go)
+	h1   *http.Transport
+	h2   *http2.Transport
 }
 
 // NewPools creates the shared upstream pools.
@@ -145,6 +146,7 @@ func (p *Pools) cluster(name string) *clusterPool {
 		return cp
 	}
 	cp := &clusterPool{
+		fast: newH1Pool(p),
 		h1: &http.Transport{
 			DialContext:           p.dial,
 			MaxIdleConnsPerHost:   p.opts.MaxIdlePerEndpoint,
@@ -160,7 +162,11 @@ func (p *Pools) cluster(name string) *clusterPool {
 		h2: &http2.Transport{
 			AllowHTTP: true,
 			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-				return p.dial(ctx, network, addr)
+				c, err := p.dial(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				return newCoalescingConn(c), nil
 			},
 			DisableCompression: true,
 			ReadIdleTimeout:    30 * time.Second,
@@ -194,6 +200,7 @@ func (p *Pools) Close() {
 }
 
 func (cp *clusterPool) close() {
+	cp.fast.close()
 	cp.h1.CloseIdleConnections()
 	cp.h2.CloseIdleConnections()
 }
@@ -201,6 +208,9 @@ func (cp *clusterPool) close() {
 func (cp *clusterPool) roundTrip(req *http.Request, h2 bool) (*http.Response, error) {
 	if h2 {
 		return cp.h2.RoundTrip(req)
+	}
+	if fastClientOK(req) {
+		return cp.fast.roundTrip(req)
 	}
 	return cp.h1.RoundTrip(req)
 }

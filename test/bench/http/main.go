@@ -63,6 +63,8 @@ func run() error {
 	out := flag.String("out", "", "also write the markdown report to this file")
 	grpcN := flag.Int("grpc-n", 5000, "sequential gRPC unary calls per target (0: skip)")
 	pin := flag.Bool("pin", true, "pin proxies to CPU 0 and wrk/upstreams to CPU 1 (false: no pinning, GOMAXPROCS unset for meshlet)")
+	baseline := flag.String("baseline", "", "also measure this build of the bench binary's proxy (e.g. built from git HEAD) as target \"baseline\"")
+	prof := flag.String("cpuprofile", "", "write a CPU profile of the meshlet proxy to this file")
 	only := flag.String("targets", "direct,meshlet,haproxy,nginx", "comma-separated wrk targets to run")
 	flag.Parse()
 
@@ -81,8 +83,11 @@ func run() error {
 	var procs []*exec.Cmd
 	defer func() {
 		for _, p := range procs {
-			_ = p.Process.Kill()
+			// SIGTERM first so the meshlet proxy writes its CPU profile.
+			_ = p.Process.Signal(syscall.SIGTERM)
+			t := time.AfterFunc(3*time.Second, func() { _ = p.Process.Kill() })
 			_ = p.Wait()
+			t.Stop()
 		}
 	}()
 	start := func(cpu string, env []string, name string, args ...string) (*exec.Cmd, error) {
@@ -103,11 +108,11 @@ func run() error {
 		procs = append(procs, cmd)
 		return cmd, nil
 	}
-	ports, err := freePorts(6)
+	ports, err := freePorts(7)
 	if err != nil {
 		return err
 	}
-	upPort, meshPort, haPort, ngPort, grpcPort, _ := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]
+	upPort, meshPort, haPort, ngPort, grpcPort, basePort := ports[0], ports[1], ports[2], ports[3], ports[4], ports[6]
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -124,10 +129,26 @@ func run() error {
 	if _, err := start("1", []string{"GOMAXPROCS=1"}, self, "grpc-upstream", "-listen", fmt.Sprintf("127.0.0.1:%d", grpcPort)); err != nil {
 		return err
 	}
-	mesh, err := start("0", []string{"GOMAXPROCS=1"}, self, "proxy", "-listen", fmt.Sprintf("127.0.0.1:%d", meshPort),
-		"-upstream", fmt.Sprintf("127.0.0.1:%d", upPort), "-grpc-upstream", fmt.Sprintf("127.0.0.1:%d", grpcPort))
+	meshArgs := []string{"proxy", "-listen", fmt.Sprintf("127.0.0.1:%d", meshPort),
+		"-upstream", fmt.Sprintf("127.0.0.1:%d", upPort), "-grpc-upstream", fmt.Sprintf("127.0.0.1:%d", grpcPort)}
+	if *prof != "" {
+		meshArgs = append(meshArgs, "-cpuprofile", *prof)
+	}
+	mesh, err := start("0", []string{"GOMAXPROCS=1"}, self, meshArgs...)
 	if err != nil {
 		return err
+	}
+	var base *exec.Cmd
+	if *baseline != "" {
+		base, err = start("0", []string{"GOMAXPROCS=1"}, *baseline, "proxy", "-listen", fmt.Sprintf("127.0.0.1:%d", basePort),
+			"-upstream", fmt.Sprintf("127.0.0.1:%d", upPort), "-grpc-upstream", fmt.Sprintf("127.0.0.1:%d", grpcPort))
+		if err != nil {
+			return err
+		}
+		if err := waitPort(ctx, basePort, 10*time.Second); err != nil {
+			return fmt.Errorf("baseline port %d not ready: %w", basePort, err)
+		}
+		*only += ",baseline"
 	}
 	haConf, err := writeHAProxy(tmp, haPort, upPort)
 	if err != nil {
@@ -158,6 +179,7 @@ func run() error {
 	}{
 		{"direct (nginx upstream)", upPort, nil},
 		{"meshlet hcm", meshPort, mesh},
+		{"baseline (" + filepath.Base(*baseline) + ")", basePort, base},
 		{"HAProxy 2.6 (http mode)", haPort, ha},
 		{"nginx 1.22 reverse proxy", ngPort, ng},
 	}
@@ -186,7 +208,7 @@ func run() error {
 		fmt.Fprintf(os.Stderr, "%-28s %10.0f req/s  p99 %8v  cpu/req %v %s\n", r.name, r.rps, r.p99, r.cpuPerRq, r.errors)
 	}
 
-	var direct, via time.Duration
+	var direct, via, viaBase time.Duration
 	if *grpcN > 0 {
 		if direct, err = grpcP50(ctx, fmt.Sprintf("127.0.0.1:%d", grpcPort), *grpcN); err != nil {
 			return fmt.Errorf("grpc direct: %w", err)
@@ -194,8 +216,16 @@ func run() error {
 		if via, err = grpcP50(ctx, fmt.Sprintf("127.0.0.1:%d", meshPort), *grpcN); err != nil {
 			return fmt.Errorf("grpc via meshlet: %w", err)
 		}
+		if base != nil {
+			if viaBase, err = grpcP50(ctx, fmt.Sprintf("127.0.0.1:%d", basePort), *grpcN); err != nil {
+				return fmt.Errorf("grpc via baseline: %w", err)
+			}
+		}
 	}
 	report := formatReport(results, direct, via, *dur, *conns)
+	if viaBase > 0 {
+		report += fmt.Sprintf("\ngRPC unary p50 via baseline: %v (**%.2f×** direct).\n", viaBase.Round(time.Microsecond), float64(viaBase)/float64(direct))
+	}
 	fmt.Print(report)
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {

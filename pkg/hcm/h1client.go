@@ -1,0 +1,298 @@
+package hcm
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// maxFastBody is the largest request body the synchronous HTTP/1.1 client
+// takes: it reads the body whole, so the request leaves in one write and
+// can be replayed on a fresh connection when a pooled one turns out to be
+// closed. Larger or unknown-length bodies, Expect and trailers go through
+// http.Transport, which streams and reads the response concurrently.
+const maxFastBody = 64 << 10
+
+// h1Pool is a synchronous HTTP/1.1 client with per-endpoint keep-alive
+// pools: the request is written and the response read on the caller's
+// goroutine, with no read-ahead between exchanges.
+type h1Pool struct {
+	p      *Pools
+	mu     sync.Mutex
+	idle   map[string][]*upConn
+	reaper *time.Timer
+	closed bool
+}
+
+// upConn is one pooled upstream connection.
+type upConn struct {
+	c         net.Conn
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	nread     int64
+	reused    bool
+	idleSince time.Time
+}
+
+func (u *upConn) Read(p []byte) (int, error) {
+	n, err := u.c.Read(p)
+	u.nread += int64(n)
+	return n, err
+}
+
+func newH1Pool(p *Pools) *h1Pool { return &h1Pool{p: p, idle: map[string][]*upConn{}} }
+
+// fastClientOK reports whether req suits the synchronous client.
+func fastClientOK(req *http.Request) bool {
+	if req.ContentLength < 0 || req.ContentLength > maxFastBody || len(req.Trailer) > 0 {
+		return false
+	}
+	_, expect := req.Header["Expect"]
+	return !expect
+}
+
+func (hp *h1Pool) get(ctx context.Context, addr string) (*upConn, error) {
+	now := time.Now()
+	hp.mu.Lock()
+	l := hp.idle[addr]
+	for len(l) > 0 {
+		u := l[len(l)-1]
+		l[len(l)-1] = nil
+		l = l[:len(l)-1]
+		if now.Sub(u.idleSince) < hp.p.opts.IdleTimeout {
+			hp.idle[addr] = l
+			hp.mu.Unlock()
+			return u, nil
+		}
+		u.c.Close()
+	}
+	hp.idle[addr] = l
+	hp.mu.Unlock()
+	c, err := hp.p.dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	u := &upConn{c: c}
+	u.br = bufio.NewReaderSize(u, 16<<10)
+	u.bw = bufio.NewWriterSize(c, 16<<10)
+	return u, nil
+}
+
+func (hp *h1Pool) put(addr string, u *upConn) {
+	u.reused = true
+	u.idleSince = time.Now()
+	hp.mu.Lock()
+	defer hp.mu.Unlock()
+	if hp.closed || len(hp.idle[addr]) >= hp.p.opts.MaxIdlePerEndpoint {
+		u.c.Close()
+		return
+	}
+	hp.idle[addr] = append(hp.idle[addr], u)
+	if hp.reaper == nil {
+		hp.reaper = time.AfterFunc(hp.p.opts.IdleTimeout, hp.prune)
+	}
+}
+
+// prune closes connections idle for longer than the idle timeout.
+func (hp *h1Pool) prune() {
+	now := time.Now()
+	hp.mu.Lock()
+	defer hp.mu.Unlock()
+	hp.reaper = nil
+	n := 0
+	for addr, l := range hp.idle {
+		keep := l[:0]
+		for _, u := range l {
+			if now.Sub(u.idleSince) >= hp.p.opts.IdleTimeout {
+				u.c.Close()
+			} else {
+				keep = append(keep, u)
+			}
+		}
+		clear(l[len(keep):])
+		if len(keep) == 0 {
+			delete(hp.idle, addr)
+		} else {
+			hp.idle[addr] = keep
+			n += len(keep)
+		}
+	}
+	if n > 0 && !hp.closed {
+		hp.reaper = time.AfterFunc(hp.p.opts.IdleTimeout/2, hp.prune)
+	}
+}
+
+// close closes every idle connection; connections in use are closed when
+// they are released.
+func (hp *h1Pool) close() {
+	hp.mu.Lock()
+	defer hp.mu.Unlock()
+	hp.closed = true
+	for addr, l := range hp.idle {
+		for _, u := range l {
+			u.c.Close()
+		}
+		delete(hp.idle, addr)
+	}
+	if hp.reaper != nil {
+		hp.reaper.Stop()
+		hp.reaper = nil
+	}
+}
+
+// headers the request line and our own framing write; never copied.
+var fastExcluded = map[string]bool{"Host": true, "User-Agent": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true}
+
+// writeHead serialises the request head into bw.
+func writeHead(bw *bufio.Writer, req *http.Request, body []byte) error {
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	if !httpguts.ValidHostHeader(host) {
+		return fmt.Errorf("upstream request: invalid Host %q", host)
+	}
+	_, _ = bw.WriteString(req.Method)
+	_ = bw.WriteByte(' ')
+	_, _ = bw.WriteString(req.URL.RequestURI())
+	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
+	_, _ = bw.WriteString(host)
+	_, _ = bw.WriteString("\r\n")
+	if ua := req.Header["User-Agent"]; len(ua) > 0 && ua[0] != "" {
+		_, _ = bw.WriteString("User-Agent: " + ua[0] + "\r\n")
+	}
+	for k, vv := range req.Header {
+		if fastExcluded[k] {
+			continue
+		}
+		if !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Errorf("upstream request: invalid header name %q", k)
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("upstream request: invalid value for header %q", k)
+			}
+			_, _ = bw.WriteString(k)
+			_, _ = bw.WriteString(": ")
+			_, _ = bw.WriteString(v)
+			_, _ = bw.WriteString("\r\n")
+		}
+	}
+	switch req.Method {
+	case "POST", "PUT", "PATCH":
+		_, _ = bw.WriteString("Content-Length: " + strconv.Itoa(len(body)) + "\r\n")
+	default:
+		if len(body) > 0 {
+			_, _ = bw.WriteString("Content-Length: " + strconv.Itoa(len(body)) + "\r\n")
+		}
+	}
+	_, _ = bw.WriteString("\r\n")
+	_, err := bw.Write(body)
+	return err
+}
+
+// roundTrip sends req (fastClientOK) to req.URL.Host and returns the
+// response; its Body returns the connection to the pool at EOF.
+func (hp *h1Pool) roundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	var body []byte
+	if req.ContentLength > 0 {
+		body = make([]byte, req.ContentLength)
+		if _, err := io.ReadFull(req.Body, body); err != nil {
+			return nil, fmt.Errorf("read request body: %w", err)
+		}
+		// Reach EOF so the body counts as complete (a reused connection).
+		var one [1]byte
+		if n, err := req.Body.Read(one[:]); n > 0 || (err != nil && err != io.EOF) {
+			return nil, fmt.Errorf("request body longer than its Content-Length (%v)", err)
+		}
+	}
+	addr := req.URL.Host
+	for attempt := 0; ; attempt++ {
+		u, err := hp.get(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		stop := context.AfterFunc(ctx, func() { _ = u.c.SetDeadline(aLongTimeAgo) })
+		u.nread = 0
+		err = writeHead(u.bw, req, body)
+		if err == nil {
+			err = u.bw.Flush()
+		}
+		var resp *http.Response
+		if err == nil {
+			for {
+				resp, err = http.ReadResponse(u.br, req)
+				if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+					break
+				}
+			}
+			if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+				err = errors.New("upstream answered 101 to a request without Upgrade")
+			}
+		}
+		if err != nil {
+			stop()
+			u.c.Close()
+			// A pooled connection the upstream closed while idle: nothing of
+			// a response came back, so the request can go on a new one.
+			if u.reused && u.nread == 0 && attempt == 0 && ctx.Err() == nil {
+				continue
+			}
+			return nil, err
+		}
+		chunked := len(resp.TransferEncoding) > 0 && resp.TransferEncoding[0] == "chunked"
+		resp.Body = &upBody{rc: resp.Body, u: u, hp: hp, addr: addr, stop: stop,
+			reusable: !resp.Close && (resp.ContentLength >= 0 || chunked || resp.Body == http.NoBody)}
+		return resp, nil
+	}
+}
+
+// upBody is an upstream response body; at EOF (framing intact) Close
+// returns the connection to the pool, otherwise it closes it.
+type upBody struct {
+	rc       io.ReadCloser
+	u        *upConn
+	hp       *h1Pool
+	addr     string
+	stop     func() bool
+	reusable bool
+	eof, bad bool
+	done     bool
+}
+
+func (b *upBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	} else if err != nil {
+		b.bad = true
+	}
+	return n, err
+}
+
+func (b *upBody) Close() error {
+	if b.done {
+		return nil
+	}
+	b.done = true
+	stopped := b.stop()
+	if b.eof && !b.bad && b.reusable && stopped {
+		_ = b.rc.Close()
+		b.hp.put(b.addr, b.u)
+		return nil
+	}
+	return b.u.c.Close()
+}

@@ -1,0 +1,350 @@
+package hcm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// rawConn dials the proxy and returns the conn and a reader for responses.
+func rawConn(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c, bufio.NewReader(c)
+}
+
+func roundTripRaw(t *testing.T, c net.Conn, br *bufio.Reader, method, req string) (*http.Response, []byte) {
+	t.Helper()
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("%q: %v", req, err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%q: body: %v", req, err)
+	}
+	return resp, b
+}
+
+// A connection starts on the fast path and moves to net/http at the first
+// request the fast path does not take (chunked body), keeping every byte.
+func TestFastPathHandOff(t *testing.T) {
+	up := newUpstreams()
+	up.set("echo", ep(startEcho(t, "echo")))
+	p := startProxy(t, mustHCM(t, basicHCM), nil, up)
+	c, br := rawConn(t, p.addr)
+	_, b := roundTripRaw(t, c, br, "GET", "GET /a HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+	if e := decodeEcho(t, b); e.URI != "/a" {
+		t.Fatalf("first request reached %q", e.URI)
+	}
+	// Chunked request pipelined with a plain one: both answered in order.
+	if _, err := io.WriteString(c, "POST /b HTTP/1.1\r\nHost: svc.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /c HTTP/1.1\r\nHost: svc.test\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []struct {
+		uri string
+		n   int
+	}{{"/b", 5}, {"/c", 0}} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", want.uri, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if e := decodeEcho(t, b); e.URI != want.uri || e.BodyLen != want.n {
+			t.Fatalf("got %s with %d body bytes, want %s with %d", e.URI, e.BodyLen, want.uri, want.n)
+		}
+	}
+}
+
+// HEAD and 204 responses carry no body, Content-Length bodies are read in
+// full, and the connection stays usable after each.
+func TestFastPathBodylessAndBodies(t *testing.T) {
+	up := newUpstreams()
+	up.set("echo", ep(startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		switch r.URL.Path {
+		case "/nc":
+			w.WriteHeader(http.StatusNoContent)
+		case "/big":
+			w.Write(bytes.Repeat([]byte("z"), 100<<10))
+		default:
+			w.Header().Set("Content-Length", "5")
+			w.Write([]byte("hello"))
+			_ = b
+		}
+	}))))
+	p := startProxy(t, mustHCM(t, basicHCM), nil, up)
+	c, br := rawConn(t, p.addr)
+	for i := range 2 {
+		resp, b := roundTripRaw(t, c, br, "HEAD", "HEAD /h HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+		if resp.StatusCode != 200 || len(b) != 0 || resp.ContentLength != 5 {
+			t.Fatalf("HEAD %d: status %d, body %q, length %d", i, resp.StatusCode, b, resp.ContentLength)
+		}
+		resp, b = roundTripRaw(t, c, br, "GET", "GET /nc HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+		if resp.StatusCode != 204 || len(b) != 0 {
+			t.Fatalf("204 %d: status %d, body %q", i, resp.StatusCode, b)
+		}
+		resp, b = roundTripRaw(t, c, br, "POST", "POST /p HTTP/1.1\r\nHost: svc.test\r\nContent-Length: 3\r\n\r\nabc")
+		if resp.StatusCode != 200 || string(b) != "hello" {
+			t.Fatalf("POST %d: status %d, body %q", i, resp.StatusCode, b)
+		}
+		resp, b = roundTripRaw(t, c, br, "GET", "GET /big HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+		if resp.StatusCode != 200 || len(b) != 100<<10 {
+			t.Fatalf("big %d: status %d, %d bytes", i, resp.StatusCode, len(b))
+		}
+	}
+	// A large request body goes through the streaming client.
+	big := strings.Repeat("q", 200<<10)
+	resp, b := roundTripRaw(t, c, br, "POST", "POST /p HTTP/1.1\r\nHost: svc.test\r\nContent-Length: 204800\r\n\r\n"+big)
+	if resp.StatusCode != 200 || string(b) != "hello" {
+		t.Fatalf("large POST: status %d, body %q", resp.StatusCode, b)
+	}
+}
+
+// An upstream that closes its keep-alive connection after each response
+// (without saying so) costs no request: the pooled connection is found
+// dead and the request goes on a new one. A close-delimited response is
+// relayed whole.
+func TestFastClientStaleConnAndCloseDelimited(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	closed := make(chan struct{}, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer func() { c.Close(); closed <- struct{}{} }()
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				if req.URL.Path == "/eof" {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil-close")
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}()
+		}
+	}()
+	up := newUpstreams()
+	up.set("echo", ep(netip.MustParseAddrPort(ln.Addr().String())))
+	p := startProxy(t, mustHCM(t, basicHCM), nil, up)
+	c, br := rawConn(t, p.addr)
+	for i := range 3 {
+		resp, b := roundTripRaw(t, c, br, "GET", "GET /x HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+		if resp.StatusCode != 200 || string(b) != "ok" {
+			t.Fatalf("request %d: status %d body %q", i, resp.StatusCode, b)
+		}
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+			t.Fatal("upstream did not close")
+		}
+	}
+	resp, b := roundTripRaw(t, c, br, "GET", "GET /eof HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+	if resp.StatusCode != 200 || string(b) != "until-close" {
+		t.Fatalf("close-delimited: status %d body %q", resp.StatusCode, b)
+	}
+	if le := p.log.last(t, 4); le.Code != 200 || le.Flags != "" {
+		t.Errorf("access log %+v", le)
+	}
+}
+
+// Shutdown closes idle fast-path connections at once and returns.
+func TestFastPathShutdownIdle(t *testing.T) {
+	up := newUpstreams()
+	up.set("echo", ep(startEcho(t, "echo")))
+	p := startProxy(t, mustHCM(t, basicHCM), nil, up)
+	c, br := rawConn(t, p.addr)
+	roundTripRaw(t, c, br, "GET", "GET /a HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.m.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("idle connection still open after Shutdown")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("idle connection not closed by Shutdown")
+	}
+}
+
+// FuzzParseRequestHead: whatever the fast parser accepts, net/http reads
+// the same way (method, target, host, length, header values), so taking
+// the fast path never changes what a request means.
+func FuzzParseRequestHead(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+		"POST /x?y=1 HTTP/1.1\r\nHost: a:80\r\nContent-Length: 3\r\nX-A: 1\r\nx-a:  2 \r\n\r\n",
+		"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+		"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+		"G\x00T / HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n",
+	} {
+		f.Add(s)
+	}
+	c := &fastConn{remote: "127.0.0.1:1"}
+	f.Fuzz(func(t *testing.T, s string) {
+		i := strings.Index(s, "\r\n\r\n")
+		if i < 0 {
+			return
+		}
+		head := []byte(s[:i+4])
+		r, ok := c.parse(head)
+		if !ok {
+			return
+		}
+		want, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+		if err != nil {
+			t.Fatalf("fast parser accepted %q, net/http: %v", head, err)
+		}
+		if r.Method != want.Method || r.RequestURI != want.RequestURI || r.Host != want.Host || r.ContentLength != want.ContentLength || r.Close != want.Close {
+			t.Fatalf("%q: fast %s %s host %q len %d close %v; net/http %s %s host %q len %d close %v", head,
+				r.Method, r.RequestURI, r.Host, r.ContentLength, r.Close, want.Method, want.RequestURI, want.Host, want.ContentLength, want.Close)
+		}
+		if r.URL.Path != want.URL.Path || r.URL.RawQuery != want.URL.RawQuery {
+			t.Fatalf("%q: URL %v vs %v", head, r.URL, want.URL)
+		}
+		if len(r.Header) != len(want.Header) {
+			t.Fatalf("%q: headers %v vs %v", head, r.Header, want.Header)
+		}
+		for k, vv := range want.Header {
+			got := r.Header[k]
+			if strings.Join(got, "\x00") != strings.Join(vv, "\x00") {
+				t.Fatalf("%q: header %s = %q, net/http %q", head, k, got, vv)
+			}
+			for _, v := range vv {
+				if !httpguts.ValidHeaderFieldValue(v) {
+					t.Fatalf("%q: accepted invalid value %q", head, v)
+				}
+			}
+		}
+	})
+}
+
+// BenchmarkHTTP1Proxy measures one keep-alive GET through the fast path
+// (in-process, Go upstream): go test ./pkg/hcm -run XXX -bench HTTP1Proxy -benchmem
+func BenchmarkHTTP1Proxy(b *testing.B) {
+	body := bytes.Repeat([]byte("x"), 1024)
+	up := newUpstreams()
+	up.set("echo", ep(startHTTP(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(body) }))))
+	p := startProxy(b, mustHCM(b, basicHCM), nil, up, func(o *Options) { o.Log = nil; o.AccessLog = nil })
+	c, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	req := []byte("GET /b HTTP/1.1\r\nHost: svc.test\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
+	for b.Loop() {
+		if _, err := c.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n, _ := io.Copy(io.Discard, resp.Body); n != 1024 {
+			b.Fatalf("body %d bytes", n)
+		}
+	}
+}
+
+// An upstream that dies in the middle of a chunked response must not look
+// like a complete response downstream: the client gets an error, not EOF.
+func TestFastPathUpstreamResetMidBody(t *testing.T) {
+	up := newUpstreams()
+	up.set("echo", ep(startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("partial"))
+		w.(http.Flusher).Flush()
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			c.Close()
+		}
+	}))))
+	p := startProxy(t, mustHCM(t, basicHCM), nil, up)
+	c, br := rawConn(t, p.addr)
+	if _, err := io.WriteString(c, "GET /x HTTP/1.1\r\nHost: svc.test\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return // closed before the head: also a failure the client sees
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Fatalf("truncated upstream response relayed as complete: %q", b)
+	}
+	if le := p.log.last(t, 1); !strings.Contains(le.Flags, FlagUpstreamConnTerm) {
+		t.Errorf("flags %q, want UC", le.Flags)
+	}
+}
+
+// Like net/http, a body without Content-Type gets a sniffed one (a
+// streamed response is flushed before its first byte, so it has none, as
+// with net/http).
+func TestFastPathSniffsContentType(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					if req.URL.Path == "/cl" {
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n<html></html>")
+					} else {
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nd\r\n<html></html>\r\n0\r\n\r\n")
+					}
+				}
+			}()
+		}
+	}()
+	up := newUpstreams()
+	up.set("echo", ep(netip.MustParseAddrPort(ln.Addr().String())))
+	p := startProxy(t, mustHCM(t, basicHCM), nil, up)
+	c, br := rawConn(t, p.addr)
+	for _, tc := range []struct{ path, ct string }{{"/cl", "text/html; charset=utf-8"}, {"/chunked", ""}} {
+		resp, b := roundTripRaw(t, c, br, "GET", "GET "+tc.path+" HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+		if ct := resp.Header.Get("Content-Type"); string(b) != "<html></html>" || ct != tc.ct {
+			t.Errorf("%s: body %q, Content-Type %q, want %q", tc.path, b, ct, tc.ct)
+		}
+	}
+}
