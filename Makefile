@@ -35,6 +35,7 @@ generate:
 bench: build
 	MESHLET_BENCH=1 MESHLET_BENCH_OUT=$(CURDIR)/docs/bench-tcp.md $(GO) test -count=1 -timeout 30m -run 'TestBenchTCP' -v ./test/e2e
 	MESHLET_BENCH=1 MESHLET_BENCH_XDS_OUT=$(CURDIR)/docs/bench-xds.md $(GO) test -count=1 -timeout 20m -run 'TestBenchXDS' -v ./test/e2e
+	MESHLET_BENCH=1 MESHLET_BENCH_OUT=$(CURDIR)/docs/bench-l7.md $(GO) test -count=1 -timeout 15m -run 'TestBenchL7' -v ./test/e2e
 
 fuzz:
 	$(GO) test ./pkg/config -run '^$$' -fuzz FuzzParse -fuzztime 30s

@@ -348,3 +348,16 @@ func TestFastPathSniffsContentType(t *testing.T) {
 		}
 	}
 }
+
+// A request with "Connection: close" gets "Connection: close" back before
+// the proxy closes the connection (wrk counts a silent close as an error).
+func TestFastPathConnectionCloseHeader(t *testing.T) {
+	up := newUpstreams()
+	up.set("echo", ep(startEcho(t, "echo")))
+	p := startProxy(t, mustHCM(t, basicHCM), nil, up)
+	c, br := rawConn(t, p.addr)
+	resp, _ := roundTripRaw(t, c, br, "GET", "GET /a HTTP/1.1\r\nHost: svc.test\r\nConnection: close\r\n\r\n")
+	if !resp.Close {
+		t.Fatalf("response to a Connection: close request lacks Connection: close (header %v)", resp.Header)
+	}
+}

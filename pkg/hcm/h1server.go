@@ -355,6 +355,12 @@ func (c *fastConn) serveOne(req *http.Request) (keep bool) {
 		req.Body = &c.body
 	}
 	c.rw.reset(req)
+	// A client that asked to close (or a draining manager) must see
+	// "Connection: close" in the response head, which is written during
+	// the handler.
+	if req.Close || c.m.draining.Load() {
+		c.rw.closeAfter = true
+	}
 	c.mu.Lock()
 	c.inHandler, c.reqCancel, c.broken = true, cancel, false
 	c.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -242,6 +243,11 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 		p.stats.NoListener.Add(1)
 		p.log.Info("HTTP filter chain but the connection does not speak HTTP; closed",
 			zap.String("listener", l.Name), zap.Stringer("detected", proto))
+		if proto == sniff.Unknown {
+			// Like Envoy's codec: answer a protocol error, then close.
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = io.WriteString(c, "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+		}
 	}
 }
 
