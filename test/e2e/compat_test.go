@@ -123,6 +123,12 @@ func TestCompatRedis(t *testing.T) {
 	}
 }
 
+// iperf3's control protocol reads a 4-byte length and then the JSON it
+// announces with a non-blocking read, assuming both arrived together; any
+// proxy that adds a gap between the two writes (a loaded machine) can make
+// the server give up ("unable to receive parameters"). Seen once in many
+// runs under heavy load; it is iperf3's race, kept visible here rather
+// than retried.
 func TestCompatIperf3(t *testing.T) {
 	need(t, "iperf3")
 	for _, mode := range accelModes {
