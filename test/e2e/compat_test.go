@@ -124,7 +124,8 @@ func TestCompatRedis(t *testing.T) {
 }
 
 // iperf3's control protocol reads a 4-byte length and then the JSON it
-// announces with a non-blocking read, assuming both arrived together; any
+// announces, and its read loop gives up early when read() would block
+// ("Size of data read does not correspond to offered length"); any
 // proxy that adds a gap between the two writes (a loaded machine) can make
 // the server give up ("unable to receive parameters"). Seen once in many
 // runs under heavy load; it is iperf3's race, kept visible here rather
