@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -273,7 +274,7 @@ func (a *Agent) node() (*corev3.Node, error) {
 // applySet is the xDS Applier: a Set that does not translate is rejected
 // (the client NACKs it and the previous config stays in force).
 func (a *Agent) applySet(_ context.Context, set *resources.Set) error {
-	snap, err := state.Build(set, state.Options{ReservedPorts: a.reservedPorts()})
+	snap, err := state.Build(set, state.Options{ReservedPorts: a.reservedPorts(), Previous: a.proxy.Snapshot()})
 	if err != nil {
 		return err
 	}
@@ -298,8 +299,11 @@ func (a *Agent) apply(snap *state.Snapshot) error {
 		return nil
 	}
 	svcs := make([]sockmap.Service, 0, len(snap.Captures))
-	for i, c := range snap.Captures {
-		svcs = append(svcs, sockmap.Service{Addr: c.Addr, Port: c.Port, ID: uint32(i + 1)})
+	for _, c := range snap.Captures {
+		// A stable ID per listener: a change rewrites only what changed.
+		h := fnv.New32a()
+		h.Write([]byte(c.Listener))
+		svcs = append(svcs, sockmap.Service{Addr: c.Addr, Port: c.Port, ID: h.Sum32() | 1})
 	}
 	if err := a.dp.SyncServices(svcs); err != nil {
 		a.proxy.Update(prev)

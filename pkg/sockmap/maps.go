@@ -46,8 +46,10 @@ func netToIP4(v uint32) netip.Addr {
 }
 
 // SyncServices makes the capture table equal to services: entries not in the
-// list are removed, the others added or updated. Each entry is written on its
-// own, so a connect() sees every entry either before or after its change.
+// list are removed, the others added or updated. Only the entries that differ
+// from the table are written. Each entry is written on its own (in batches
+// where the kernel has the batch API, which updates element by element), so a
+// connect() sees every entry either before or after its change.
 func (d *Datapath) SyncServices(services []Service) error {
 	want := make(map[meshletSvcKey]meshletSvcValue, len(services))
 	for _, s := range services {
@@ -57,27 +59,100 @@ func (d *Datapath) SyncServices(services []Service) error {
 		}
 		want[k] = meshletSvcValue{Id: s.ID}
 	}
+	m := d.objs.MltServices
+	have, err := readServices(m)
+	if err != nil {
+		return err
+	}
 	var (
-		k     meshletSvcKey
-		v     meshletSvcValue
+		putK  []meshletSvcKey
+		putV  []meshletSvcValue
 		stale []meshletSvcKey
 	)
-	it := d.objs.MltServices.Iterate()
-	for it.Next(&k, &v) {
+	for k, v := range want {
+		if cur, ok := have[k]; !ok || cur != v {
+			putK = append(putK, k)
+			putV = append(putV, v)
+		}
+	}
+	for k := range have {
 		if _, ok := want[k]; !ok {
 			stale = append(stale, k)
 		}
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read service table: %w", err)
+	if err := putServices(m, putK, putV); err != nil {
+		return err
 	}
-	for k, v := range want {
-		if err := d.objs.MltServices.Put(k, v); err != nil {
+	return deleteServices(m, stale)
+}
+
+// serviceBatch is the number of entries per batch system call.
+const serviceBatch = 4096
+
+// readServices reads the capture table, in batches where the kernel allows.
+func readServices(m *ebpf.Map) (map[meshletSvcKey]meshletSvcValue, error) {
+	out := map[meshletSvcKey]meshletSvcValue{}
+	var cursor ebpf.MapBatchCursor
+	keys := make([]meshletSvcKey, serviceBatch)
+	vals := make([]meshletSvcValue, serviceBatch)
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			out[keys[i]] = vals[i]
+		}
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return out, nil // end of the table
+		case errors.Is(err, ebpf.ErrNotSupported):
+			return iterateServices(m)
+		case err != nil:
+			return nil, fmt.Errorf("read service table: %w", err)
+		}
+	}
+}
+
+func iterateServices(m *ebpf.Map) (map[meshletSvcKey]meshletSvcValue, error) {
+	out := map[meshletSvcKey]meshletSvcValue{}
+	var (
+		k meshletSvcKey
+		v meshletSvcValue
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read service table: %w", err)
+	}
+	return out, nil
+}
+
+func putServices(m *ebpf.Map, keys []meshletSvcKey, vals []meshletSvcValue) error {
+	for len(keys) > 0 {
+		n := min(len(keys), serviceBatch)
+		if _, err := m.BatchUpdate(keys[:n], vals[:n], nil); err != nil {
+			break // not supported, or failed part-way: write one by one
+		}
+		keys, vals = keys[n:], vals[n:]
+	}
+	for i, k := range keys {
+		if err := m.Put(k, vals[i]); err != nil {
 			return fmt.Errorf("write service %v:%d: %w", netToIP4(k.Addr), k.Port, err)
 		}
 	}
-	for _, k := range stale {
-		if err := d.objs.MltServices.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	return nil
+}
+
+func deleteServices(m *ebpf.Map, keys []meshletSvcKey) error {
+	for len(keys) > 0 {
+		n := min(len(keys), serviceBatch)
+		if _, err := m.BatchDelete(keys[:n], nil); err != nil {
+			break // not supported, or a key already gone: one by one
+		}
+		keys = keys[n:]
+	}
+	for _, k := range keys {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("remove service %v:%d: %w", netToIP4(k.Addr), k.Port, err)
 		}
 	}

@@ -67,7 +67,24 @@ type Cluster struct {
 	next  atomic.Uint32
 }
 
-func buildCluster(c *clusterv3.Cluster, set *resources.Set, issues *[]Issue) (*Cluster, error) {
+// endpointsOf returns the EDS assignment an EDS cluster uses from set (nil
+// for other clusters, whose endpoints are in the cluster itself).
+func endpointsOf(c *clusterv3.Cluster, set *resources.Set) *endpointv3.ClusterLoadAssignment {
+	if c.GetType() != clusterv3.Cluster_EDS {
+		return nil
+	}
+	if _, ok := c.GetClusterDiscoveryType().(*clusterv3.Cluster_Type); !ok {
+		return nil
+	}
+	name := c.GetEdsClusterConfig().GetServiceName()
+	if name == "" {
+		name = c.GetName()
+	}
+	return set.Endpoints[name]
+}
+
+// buildCluster translates c; eds is its EDS assignment (see endpointsOf).
+func buildCluster(c *clusterv3.Cluster, eds *endpointv3.ClusterLoadAssignment, issues *[]Issue) (*Cluster, error) {
 	out := &Cluster{Name: c.GetName(), LB: c.GetLbPolicy(), ConnectTimeout: 5 * time.Second}
 	if d := c.GetConnectTimeout(); d != nil {
 		out.ConnectTimeout = d.AsDuration()
@@ -98,7 +115,7 @@ func buildCluster(c *clusterv3.Cluster, set *resources.Set, issues *[]Issue) (*C
 			if name == "" {
 				name = c.GetName()
 			}
-			la = set.Endpoints[name]
+			la = eds
 			if la == nil {
 				note("EDS assignment %q not received yet: no endpoints", name)
 			}
@@ -118,6 +135,14 @@ func buildCluster(c *clusterv3.Cluster, set *resources.Set, issues *[]Issue) (*C
 		la = c.GetLoadAssignment()
 	}
 
+	// One allocation for all of the cluster's endpoints (never grown, so
+	// the pointers into it stay valid).
+	n := 0
+	for _, loc := range la.GetEndpoints() {
+		n += len(loc.GetLbEndpoints())
+	}
+	backing := make([]Endpoint, 0, n)
+	out.Endpoints = make([]*Endpoint, 0, n)
 	for _, loc := range la.GetEndpoints() {
 		for _, lbe := range loc.GetLbEndpoints() {
 			switch lbe.GetHealthStatus() {
@@ -145,12 +170,14 @@ func buildCluster(c *clusterv3.Cluster, set *resources.Set, issues *[]Issue) (*C
 			if w == 0 {
 				w = 1
 			}
-			out.Endpoints = append(out.Endpoints, &Endpoint{Addr: netip.AddrPortFrom(ip, uint16(port)), Weight: w})
+			backing = append(backing, Endpoint{Addr: netip.AddrPortFrom(ip, uint16(port)), Weight: w})
+			out.Endpoints = append(out.Endpoints, &backing[len(backing)-1])
 		}
 	}
 	if len(out.Endpoints) == 0 && c.GetType() == clusterv3.Cluster_STATIC && la == nil {
 		out.Kind = KindBlackhole
 	}
+	out.cum = make([]uint32, 0, len(out.Endpoints))
 	for _, e := range out.Endpoints {
 		out.total += e.Weight
 		out.cum = append(out.cum, out.total)

@@ -6,7 +6,9 @@ import (
 	"sort"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -43,6 +45,11 @@ type Snapshot struct {
 	// dispatch is the use_original_dst listener (Istio's virtualOutbound):
 	// the fall-back for destinations no other listener names.
 	dispatch *Listener
+
+	// What each cluster and listener was translated from, for reuse by the
+	// next Build (Options.Previous).
+	clusters  map[string]*builtCluster
+	listeners map[string]*builtListener
 }
 
 // Listener is a listener reduced to what dispatch needs.
@@ -101,6 +108,40 @@ type Options struct {
 	// ReservedPorts are the agent's own ports (proxy, admin): a listener
 	// asking to capture one of them is refused.
 	ReservedPorts []uint16
+	// Previous, when set, is the snapshot in force: clusters and listeners
+	// whose resources are the very same messages as the ones it was built
+	// from (pointer equality, as the xDS client keeps unchanged resources)
+	// are reused instead of translated again, so a one-endpoint change
+	// costs a map lookup per unchanged resource. Reused clusters keep their
+	// round-robin position and connection counts.
+	Previous *Snapshot
+}
+
+// builtCluster remembers what a Cluster was translated from.
+type builtCluster struct {
+	src    *clusterv3.Cluster
+	la     *endpointv3.ClusterLoadAssignment
+	out    *Cluster
+	issues []Issue
+}
+
+// placement is where a listener goes in the dispatch tables.
+type placement int
+
+const (
+	placeNone placement = iota
+	placeDispatch
+	placeWildcard
+	placeExact
+)
+
+// builtListener is a translated listener and what it was translated from.
+type builtListener struct {
+	src    *listenerv3.Listener
+	lis    *Listener
+	issues []Issue
+	place  placement
+	key    netip.AddrPort
 }
 
 // Build translates set into a Snapshot. It returns an error, and nothing is
@@ -108,26 +149,42 @@ type Options struct {
 // are listed in Snapshot.Issues.
 func Build(set *resources.Set, opts Options) (*Snapshot, error) {
 	s := &Snapshot{
-		Version:  set.Version,
-		Clusters: map[string]*Cluster{},
-		Routes:   set.Routes,
-		exact:    map[netip.AddrPort]*Listener{},
-		wildcard: map[uint16]*Listener{},
+		Version:   set.Version,
+		Clusters:  make(map[string]*Cluster, len(set.Clusters)),
+		Routes:    set.Routes,
+		exact:     make(map[netip.AddrPort]*Listener, len(set.Listeners)),
+		wildcard:  map[uint16]*Listener{},
+		clusters:  make(map[string]*builtCluster, len(set.Clusters)),
+		listeners: make(map[string]*builtListener, len(set.Listeners)),
 	}
 	if s.Routes == nil {
 		s.Routes = map[string]*routev3.RouteConfiguration{}
 	}
-	names := make([]string, 0, len(set.Clusters))
+	var prevClusters map[string]*builtCluster
+	var prevListeners map[string]*builtListener
+	if p := opts.Previous; p != nil {
+		prevClusters, prevListeners = p.clusters, p.listeners
+	}
+	names := make([]string, 0, max(len(set.Clusters), len(set.Listeners)))
 	for n := range set.Clusters {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		c, err := buildCluster(set.Clusters[n], set, &s.Issues)
-		if err != nil {
-			return nil, fmt.Errorf("cluster %q: %w", n, err)
+		c := set.Clusters[n]
+		la := endpointsOf(c, set)
+		b := prevClusters[n]
+		if b == nil || b.src != c || b.la != la {
+			b = &builtCluster{src: c, la: la}
+			out, err := buildCluster(c, la, &b.issues)
+			if err != nil {
+				return nil, fmt.Errorf("cluster %q: %w", n, err)
+			}
+			b.out = out
 		}
-		s.Clusters[n] = c
+		s.clusters[n] = b
+		s.Clusters[n] = b.out
+		s.Issues = append(s.Issues, b.issues...)
 	}
 
 	names = names[:0]
@@ -135,10 +192,21 @@ func Build(set *resources.Set, opts Options) (*Snapshot, error) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	s.Captures = make([]Capture, 0, len(names))
 	for _, n := range names {
-		if err := s.addListener(set.Listeners[n], opts); err != nil {
+		l := set.Listeners[n]
+		b := prevListeners[n]
+		if b == nil || b.src != l {
+			var err error
+			if b, err = buildListener(l); err != nil {
+				return nil, fmt.Errorf("listener %q: %w", n, err)
+			}
+		}
+		if err := s.place(b, opts); err != nil {
 			return nil, fmt.Errorf("listener %q: %w", n, err)
 		}
+		s.listeners[n] = b
+		s.Issues = append(s.Issues, b.issues...)
 	}
 	sort.Slice(s.Captures, func(i, j int) bool {
 		a, b := s.Captures[i], s.Captures[j]
@@ -150,52 +218,56 @@ func Build(set *resources.Set, opts Options) (*Snapshot, error) {
 	return s, nil
 }
 
-func (s *Snapshot) issue(typ, name, format string, args ...any) {
-	s.Issues = append(s.Issues, Issue{Type: typ, Name: name, Reason: fmt.Sprintf(format, args...)})
+func (b *builtListener) issue(format string, args ...any) {
+	b.issues = append(b.issues, Issue{Type: "listener", Name: b.src.GetName(), Reason: fmt.Sprintf(format, args...)})
 }
 
-func (s *Snapshot) addListener(l *listenerv3.Listener, opts Options) error {
+// buildListener translates one listener; it does not depend on the rest of
+// the set, so its result can be reused while the message is unchanged.
+func buildListener(l *listenerv3.Listener) (*builtListener, error) {
+	b := &builtListener{src: l}
 	name := l.GetName()
 	if l.GetAddress() == nil {
 		if l.GetInternalListener() == nil && l.GetApiListener() == nil {
-			s.issue("listener", name, "no address: nothing to capture")
+			b.issue("no address: nothing to capture")
 		} else {
-			s.issue("listener", name, "internal or API listener: not captured")
+			b.issue("internal or API listener: not captured")
 		}
-		return nil
+		return b, nil
 	}
 	sa := l.GetAddress().GetSocketAddress()
 	if sa == nil {
-		s.issue("listener", name, "address is not a socket address (pipe or internal): not captured")
-		return nil
+		b.issue("address is not a socket address (pipe or internal): not captured")
+		return b, nil
 	}
 	if sa.GetProtocol() == corev3.SocketAddress_UDP {
-		s.issue("listener", name, "UDP listener: not captured")
-		return nil
+		b.issue("UDP listener: not captured")
+		return b, nil
 	}
 	ip, err := netip.ParseAddr(sa.GetAddress())
 	if err != nil {
-		return fmt.Errorf("address %q: %w", sa.GetAddress(), err)
+		return nil, fmt.Errorf("address %q: %w", sa.GetAddress(), err)
 	}
 	pv, ok := sa.GetPortSpecifier().(*corev3.SocketAddress_PortValue)
 	if !ok || pv.PortValue == 0 || pv.PortValue > 65535 {
-		return fmt.Errorf("port: a port_value in 1..65535 is required")
+		return nil, fmt.Errorf("port: a port_value in 1..65535 is required")
 	}
 	port := uint16(pv.PortValue)
 	lis := &Listener{Name: name, Addr: netip.AddrPortFrom(ip, port)}
+	b.lis = lis
 	for i, fc := range l.GetFilterChains() {
-		c, err := s.buildChain(name, fc, i)
+		c, err := b.buildChain(fc, i)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if c != nil {
 			lis.Chains = append(lis.Chains, c)
 		}
 	}
 	if fc := l.GetDefaultFilterChain(); fc != nil {
-		c, err := s.buildChain(name, fc, -1)
+		c, err := b.buildChain(fc, -1)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		lis.Default = c
 	}
@@ -206,48 +278,68 @@ func (s *Snapshot) addListener(l *listenerv3.Listener, opts Options) error {
 	}
 
 	if l.GetUseOriginalDst().GetValue() {
-		if s.dispatch != nil {
-			return fmt.Errorf("second use_original_dst listener (first is %q)", s.dispatch.Name)
-		}
-		s.dispatch = lis
-		return nil
+		b.place = placeDispatch
+		return b, nil
 	}
 	if l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND {
-		s.issue("listener", name, "inbound listener: inbound capture is not implemented")
-		return nil
+		b.issue("inbound listener: inbound capture is not implemented")
+		return b, nil
 	}
 	if !ip.Is4() {
 		if ip.Is6() && ip.IsUnspecified() {
 			// [::]:port: capture the port for IPv4 too, like a dual-stack bind.
 			ip = netip.IPv4Unspecified()
 		} else {
-			s.issue("listener", name, "IPv6 address %v: only IPv4 is captured", ip)
-			return nil
+			b.issue("IPv6 address %v: only IPv4 is captured", ip)
+			return b, nil
 		}
 	}
+	b.key = netip.AddrPortFrom(ip, port)
+	if ip.IsUnspecified() {
+		b.place = placeWildcard
+	} else {
+		b.place = placeExact
+	}
+	return b, nil
+}
+
+// place enters a translated listener into the dispatch tables and the
+// capture list, refusing conflicts and the agent's own ports.
+func (s *Snapshot) place(b *builtListener, opts Options) error {
+	lis := b.lis
+	switch b.place {
+	case placeNone:
+		return nil
+	case placeDispatch:
+		if s.dispatch != nil {
+			return fmt.Errorf("second use_original_dst listener (first is %q)", s.dispatch.Name)
+		}
+		s.dispatch = lis
+		return nil
+	}
+	port := b.key.Port()
 	for _, r := range opts.ReservedPorts {
 		if port == r {
 			return fmt.Errorf("asks to capture port %d, which is the agent's own", port)
 		}
 	}
-	key := netip.AddrPortFrom(ip, port)
-	if ip.IsUnspecified() {
+	if b.place == placeWildcard {
 		if prev := s.wildcard[port]; prev != nil {
 			return fmt.Errorf("captures *:%d, already captured by listener %q", port, prev.Name)
 		}
 		s.wildcard[port] = lis
-		s.Captures = append(s.Captures, Capture{Port: port, Listener: name})
+		s.Captures = append(s.Captures, Capture{Port: port, Listener: lis.Name})
 		return nil
 	}
-	if prev := s.exact[key]; prev != nil {
-		return fmt.Errorf("captures %v, already captured by listener %q", key, prev.Name)
+	if prev := s.exact[b.key]; prev != nil {
+		return fmt.Errorf("captures %v, already captured by listener %q", b.key, prev.Name)
 	}
-	s.exact[key] = lis
-	s.Captures = append(s.Captures, Capture{Addr: ip, Port: port, Listener: name})
+	s.exact[b.key] = lis
+	s.Captures = append(s.Captures, Capture{Addr: b.key.Addr(), Port: port, Listener: lis.Name})
 	return nil
 }
 
-func (s *Snapshot) buildChain(lname string, fc *listenerv3.FilterChain, idx int) (*FilterChain, error) {
+func (b *builtListener) buildChain(fc *listenerv3.FilterChain, idx int) (*FilterChain, error) {
 	cname := fc.GetName()
 	if cname == "" {
 		cname = fmt.Sprintf("#%d", idx)
@@ -282,11 +374,11 @@ func (s *Snapshot) buildChain(lname string, fc *listenerv3.FilterChain, idx int)
 		c.Match.TransportProtocol = m.GetTransportProtocol()
 		c.Match.ApplicationProtocols = m.GetApplicationProtocols()
 		if len(m.GetSourcePrefixRanges()) > 0 || len(m.GetSourcePorts()) > 0 || len(m.GetDirectSourcePrefixRanges()) > 0 {
-			s.issue("listener", lname, "filter chain %s: source matches are ignored", cname)
+			b.issue("filter chain %s: source matches are ignored", cname)
 		}
 	}
 	if fc.GetTransportSocket() != nil {
-		s.issue("listener", lname, "filter chain %s: downstream TLS is not implemented; chain skipped", cname)
+		b.issue("filter chain %s: downstream TLS is not implemented; chain skipped", cname)
 		return nil, nil
 	}
 	for _, f := range fc.GetFilters() {
@@ -327,14 +419,14 @@ func (s *Snapshot) buildChain(lname string, fc *listenerv3.FilterChain, idx int)
 		default:
 			// Telemetry and policy filters (Istio stats, metadata exchange,
 			// RBAC...) are skipped by name.
-			s.issue("listener", lname, "filter chain %s: network filter %s ignored", cname, f.GetName())
+			b.issue("filter chain %s: network filter %s ignored", cname, f.GetName())
 		}
 		if c.TCP != nil || c.HTTP != nil {
 			break
 		}
 	}
 	if c.TCP == nil && c.HTTP == nil {
-		s.issue("listener", lname, "filter chain %s: no tcp_proxy or http_connection_manager; chain skipped", cname)
+		b.issue("filter chain %s: no tcp_proxy or http_connection_manager; chain skipped", cname)
 		return nil, nil
 	}
 	return c, nil

@@ -1,9 +1,14 @@
 package state
 
 import (
+	"maps"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshlet/meshlet/pkg/resources"
 )
@@ -187,5 +192,68 @@ func TestIssuesAreReported(t *testing.T) {
 	}
 	if _, err := s.Clusters["eds"].Pick(netip.AddrPort{}); err == nil {
 		t.Fatal("picked from an empty EDS cluster")
+	}
+}
+
+func TestBuildReusesUnchanged(t *testing.T) {
+	set := bigSet(t, 20, 3)
+	first, err := Build(set, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := "outbound|80||svc5.ns.svc.cluster.local"
+	next := *set
+	next.Endpoints = maps.Clone(set.Endpoints)
+	next.Endpoints[changed] = benchCLA(changed, 99, 1)
+	second, err := Build(&next, Options{Previous: first})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := Build(&next, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n, c := range second.Clusters {
+		if n == changed {
+			if c == first.Clusters[n] {
+				t.Errorf("cluster %s reused although its endpoints changed", n)
+			}
+			if len(c.Endpoints) != 1 || c.Endpoints[0].Addr.String() != "10.0.99.1:8080" {
+				t.Errorf("changed cluster has endpoints %v", c.Endpoints)
+			}
+			continue
+		}
+		if c != first.Clusters[n] {
+			t.Errorf("unchanged cluster %s translated again", n)
+		}
+	}
+	for _, cp := range first.Captures {
+		if second.Listener(netip.AddrPortFrom(cp.Addr, cp.Port)) != first.Listener(netip.AddrPortFrom(cp.Addr, cp.Port)) {
+			t.Errorf("unchanged listener %s translated again", cp.Listener)
+		}
+	}
+	// Reuse changes nothing observable.
+	if !reflect.DeepEqual(second.Captures, fresh.Captures) || !reflect.DeepEqual(second.Issues, fresh.Issues) {
+		t.Error("captures or issues differ from a fresh build")
+	}
+	if len(second.Clusters) != len(fresh.Clusters) {
+		t.Errorf("%d clusters, fresh build has %d", len(second.Clusters), len(fresh.Clusters))
+	}
+	// A listener replaced by a new message (same content) is translated again;
+	// a removed one disappears.
+	delete(next.Listeners, first.Captures[0].Listener)
+	l := next.Listeners[first.Captures[1].Listener]
+	next.Listeners = maps.Clone(next.Listeners)
+	next.Listeners[l.GetName()] = proto.Clone(l).(*listenerv3.Listener)
+	third, err := Build(&next, Options{Previous: second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c0, c1 := first.Captures[0], first.Captures[1]
+	if third.Listener(netip.AddrPortFrom(c0.Addr, c0.Port)) != nil {
+		t.Error("removed listener still dispatched")
+	}
+	if got := third.Listener(netip.AddrPortFrom(c1.Addr, c1.Port)); got == nil || got == second.Listener(netip.AddrPortFrom(c1.Addr, c1.Port)) {
+		t.Error("replaced listener not translated again")
 	}
 }

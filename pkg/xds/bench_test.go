@@ -3,7 +3,10 @@ package xds_test
 import (
 	"context"
 	"fmt"
+	"maps"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -183,4 +186,75 @@ func benchDeliver(b *testing.B, delta bool) {
 	b.ReportMetric(float64((total - setDur).Milliseconds()), "ep-change-after-snapshot-ms")
 	cancel()
 	<-done
+}
+
+// BenchmarkEndpointChange measures one endpoint change of the big set from
+// SetResources to the applier, through a real server on loopback (the
+// server reuses the unchanged messages, so this is mostly the client).
+//
+//	go test ./pkg/xds/ -run '^$' -bench EndpointChange -benchtime 10x
+func BenchmarkEndpointChange(b *testing.B) {
+	for _, m := range modes() {
+		b.Run(m.name, func(b *testing.B) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			set := bigSet()
+			srv := startServer(b, "127.0.0.1:0", server.Options{Logger: zap.NewNop(), MaxMsgSize: 512 << 20})
+			if err := srv.srv.SetResources(ctx, set); err != nil {
+				b.Fatal(err)
+			}
+			app := &walkApplier{matched: make(chan struct{}, 1)}
+			app.want = func(s *resources.Set) bool { return len(s.Endpoints) == benchClusters }
+			c, err := xds.NewClient(xds.Config{Address: srv.addr, Delta: m.delta, Node: xds.NewNode("bench", "bench", nil),
+				MaxRecvMsgSize: 512 << 20, Logger: zap.NewNop()}, app)
+			if err != nil {
+				b.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- c.Run(ctx) }()
+			wait := func(what string) {
+				select {
+				case <-app.matched:
+				case <-time.After(2 * time.Minute):
+					b.Fatalf("%s not delivered", what)
+				}
+			}
+			wait("big set")
+			var changed string
+			for n := range set.Endpoints {
+				changed = n
+				break
+			}
+			if f := os.Getenv("MESHLET_BENCH_CHANGE_CPU"); f != "" {
+				// Profile the changes only, not the initial delivery.
+				out, err := os.Create(f + "." + m.name)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := pprof.StartCPUProfile(out); err != nil {
+					b.Fatal(err)
+				}
+				defer func() { pprof.StopCPUProfile(); out.Close() }()
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				next := *set
+				next.Endpoints = maps.Clone(set.Endpoints)
+				ip := fmt.Sprintf("192.0.2.%d", i%250+1)
+				next.Endpoints[changed] = cla(changed, ip)
+				app.want = func(s *resources.Set) bool {
+					la := s.Endpoints[changed]
+					return la != nil && la.GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetAddress() == ip
+				}
+				if err := srv.srv.SetResources(ctx, &next); err != nil {
+					b.Fatal(err)
+				}
+				wait("endpoint change")
+				set = &next
+			}
+			b.StopTimer()
+			cancel()
+			<-done
+		})
+	}
 }

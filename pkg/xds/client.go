@@ -1,7 +1,6 @@
 package xds
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -73,21 +72,32 @@ type waiter struct {
 
 type entry struct {
 	msg     proto.Message
-	raw     []byte
 	version string
 	updated time.Time
 	// routes are the RDS names a listener refers to (listeners only).
 	routes []string
-	// sum is a hash of raw, to recognise resources resent unchanged.
-	sum uint64
+	// sum identifies the serialised resource, to recognise resources
+	// resent unchanged without keeping their bytes.
+	sum rawSum
 }
 
-// rawSeed seeds the hashes of raw resources (process-wide; the hashes never
-// leave the process).
-var rawSeed = maphash.MakeSeed()
+// rawSum is a 128-bit keyed hash and the length of a serialised resource.
+// The seeds are random per process, so a control plane cannot aim for a
+// collision, and an accidental one is a 2^-128 event.
+type rawSum struct {
+	a, b uint64
+	n    int
+}
 
-func newEntry(m proto.Message, raw []byte, version string, updated time.Time) *entry {
-	e := &entry{msg: m, raw: raw, version: version, updated: updated, sum: maphash.Bytes(rawSeed, raw)}
+// rawSeeds seed rawSum (process-wide; the hashes never leave the process).
+var rawSeeds = [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}
+
+func sumOf(raw []byte) rawSum {
+	return rawSum{maphash.Bytes(rawSeeds[0], raw), maphash.Bytes(rawSeeds[1], raw), len(raw)}
+}
+
+func newEntry(m proto.Message, sum rawSum, version string, updated time.Time) *entry {
+	e := &entry{msg: m, version: version, updated: updated, sum: sum}
 	if l, ok := m.(*listenerType); ok {
 		names := map[string]bool{}
 		routeNames(l, names)
@@ -281,7 +291,7 @@ func (c *Client) loadPersisted(ctx context.Context) {
 	fill := func(url string, name string, m proto.Message) {
 		raw, _ := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 		meta := p.Meta[url][name]
-		c.types[url].res[name] = newEntry(m, raw, meta.Version, meta.LastUpdated)
+		c.types[url].res[name] = newEntry(m, sumOf(raw), meta.Version, meta.LastUpdated)
 	}
 	for n, r := range p.Set.Clusters {
 		fill(ClusterType, n, r)
@@ -779,7 +789,7 @@ func (c *Client) handle(ctx context.Context, sc *streamCtx, u *update) error {
 	}
 
 	decoded := make([]proto.Message, 0, len(u.resources))
-	raws := make([][]byte, 0, len(u.resources))
+	sums := make([]rawSum, 0, len(u.resources))
 	versions := make([]string, 0, len(u.resources))
 	seenNames := make(map[string]bool, len(u.resources))
 	var bad []error
@@ -787,9 +797,9 @@ func (c *Client) handle(ctx context.Context, sc *streamCtx, u *update) error {
 	var firstBadAny *anypb.Any
 	// Resources resent byte-for-byte unchanged (every SotW response) were
 	// validated when they were accepted: reuse them.
-	var known map[uint64]*entry
+	var known map[rawSum]*entry
 	if len(u.resources) > 0 && len(ts.res) > 0 {
-		known = make(map[uint64]*entry, len(ts.res))
+		known = make(map[rawSum]*entry, len(ts.res))
 		for _, e := range ts.res {
 			known[e.sum] = e
 		}
@@ -801,8 +811,8 @@ func (c *Client) handle(ctx context.Context, sc *streamCtx, u *update) error {
 		}
 		var m proto.Message
 		var err error
-		if e := known[maphash.Bytes(rawSeed, a.GetValue())]; e != nil && a.GetTypeUrl() == u.url &&
-			bytes.Equal(e.raw, a.GetValue()) && (want == "" || want == ResourceName(e.msg)) {
+		sum := sumOf(a.GetValue())
+		if e := known[sum]; e != nil && a.GetTypeUrl() == u.url && (want == "" || want == ResourceName(e.msg)) {
 			m = e.msg
 		} else {
 			m, err = decodeResource(u.url, a, want, i)
@@ -835,7 +845,7 @@ func (c *Client) handle(ctx context.Context, sc *streamCtx, u *update) error {
 			continue
 		}
 		decoded = append(decoded, m)
-		raws = append(raws, a.GetValue())
+		sums = append(sums, sum)
 		if u.delta {
 			versions = append(versions, u.versions[i])
 		} else {
@@ -865,13 +875,13 @@ func (c *Client) handle(ctx context.Context, sc *streamCtx, u *update) error {
 		if _, done := undo[n]; !done {
 			undo[n] = old
 		}
-		if old != nil && bytes.Equal(old.raw, raws[i]) {
+		if old != nil && old.sum == sums[i] {
 			ne := *old
 			ne.version = ver
 			ts.res[n] = &ne
 			continue
 		}
-		ts.res[n] = newEntry(m, raws[i], ver, now)
+		ts.res[n] = newEntry(m, sums[i], ver, now)
 		changed = true
 		ts.seen[n] = true
 	}

@@ -68,6 +68,8 @@ type Server struct {
 	version  string
 	lastErr  error
 	fileStat fileState
+	// decoded keeps the resources of the last file for reuse on reload.
+	decoded *decodeCache
 }
 
 type fileState struct {
@@ -93,7 +95,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	s := &Server{opts: opts, log: opts.Logger.Named("xds-server")}
+	s := &Server{opts: opts, log: opts.Logger.Named("xds-server"), decoded: newDecodeCache()}
 	// ads=false: answer named requests with the resources that exist
 	// instead of holding the response until all of them do.
 	s.cache = cachev3.NewSnapshotCache(false, allNodes{}, s.log.Sugar())
@@ -130,6 +132,7 @@ func readBounded(path string) ([]byte, error) {
 		return nil, fmt.Errorf("resources file %s is %d bytes, over the %d-byte limit", path, st.Size(), MaxFileSize)
 	}
 	var buf bytes.Buffer
+	buf.Grow(int(st.Size()) + bytes.MinRead) // no regrowth for a file that keeps its size
 	if _, err := buf.ReadFrom(f); err != nil {
 		return nil, fmt.Errorf("read resources file %s: %w", path, err)
 	}
@@ -166,6 +169,16 @@ func Decode(data []byte) (*resources.Set, []resources.ConfigDumpIssue, error) {
 	return set, nil, err
 }
 
+// decodeFile is Decode, reusing the messages of resources whose JSON text
+// is unchanged since the previous file when the file is a plain bootstrap
+// JSON document.
+func (s *Server) decodeFile(data []byte) (*resources.Set, []resources.ConfigDumpIssue, error) {
+	if set, handled, err := s.decoded.decode(data); handled {
+		return set, nil, err
+	}
+	return Decode(data)
+}
+
 // Check validates every resource of set (protoc-gen-validate rules,
 // including nested Any payloads) and returns the first failure.
 func Check(set *resources.Set) error {
@@ -193,7 +206,11 @@ func Check(set *resources.Set) error {
 }
 
 // SetResources serves set from now on (after validation unless
-// SkipValidation).
+// SkipValidation). The server keeps the messages: neither set nor its
+// messages may be modified afterwards. Pass new messages for resources that
+// change; a resource given as the very same message as in the Set served
+// before is taken as unchanged (it is not serialised, hashed or validated
+// again), which makes a small change to a large Set cheap.
 func (s *Server) SetResources(ctx context.Context, set *resources.Set) error {
 	if set == nil {
 		return errors.New("xds server: nil resource set")
@@ -201,16 +218,16 @@ func (s *Server) SetResources(ctx context.Context, set *resources.Set) error {
 	if err := checkNames(set); err != nil {
 		return fmt.Errorf("xds server: %w", err)
 	}
-	snap, filled, err := newSnapshot(set)
+	s.mu.Lock()
+	prev := s.snap
+	s.mu.Unlock()
+	snap, filled, err := newSnapshot(set, prev)
 	if err != nil {
 		return fmt.Errorf("xds server: %w", err)
 	}
 	if !s.opts.SkipValidation {
 		// Resources unchanged since the snapshot being served were
 		// validated then.
-		s.mu.Lock()
-		prev := s.snap
-		s.mu.Unlock()
 		if err := checkChanged(snap, prev); err != nil {
 			return fmt.Errorf("xds server: invalid resources: %w", err)
 		}
@@ -268,7 +285,7 @@ func (s *Server) reload(ctx context.Context) (bool, error) {
 	if same {
 		return false, nil
 	}
-	set, issues, err := Decode(data)
+	set, issues, err := s.decodeFile(data)
 	if err != nil {
 		// Remember the hash so that the same broken content is reported
 		// once, and keep serving the previous snapshot.
@@ -437,12 +454,19 @@ func checkChanged(snap, prev *snapshot) error {
 		ts := snap.types[t]
 		var pv map[string]string
 		if prev != nil {
+			if prev.types[t] == ts {
+				continue // the very same resources
+			}
 			pv = prev.types[t].versions
 		}
-		for _, n := range sortedKeys(ts.plain) {
-			if pv != nil && pv[n] == ts.versions[n] {
-				continue
+		var changed []string
+		for n, v := range ts.versions {
+			if pv == nil || pv[n] != v {
+				changed = append(changed, n)
 			}
+		}
+		sortStrings(changed)
+		for _, n := range changed {
 			if err := validate.Resource(ts.plain[n]); err != nil {
 				return fmt.Errorf("%s %q: %w", typeNames[t], n, err)
 			}

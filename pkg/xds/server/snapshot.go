@@ -28,88 +28,159 @@ type typeSnap struct {
 	resources map[string]types.ResourceWithTTL
 	plain     map[string]types.Resource
 	versions  map[string]string
+	// src is the message of the Set each resource was served from (plain
+	// may hold a copy), to recognise it in the next Set.
+	src map[string]proto.Message
 }
 
 var servedTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
 
 // newSnapshot builds a snapshot of set. EDS clusters whose load assignment
 // is missing get an empty one (as istiod does), so that clients waiting for
-// endpoints get an answer. It returns how many were added.
-func newSnapshot(set *resources.Set) (*snapshot, int, error) {
-	s := &snapshot{types: map[string]*typeSnap{}}
-	for _, t := range servedTypes {
-		s.types[t] = &typeSnap{resources: map[string]types.ResourceWithTTL{}, plain: map[string]types.Resource{}, versions: map[string]string{}}
-	}
-	add := func(t, name string, m proto.Message) error {
-		ts := s.types[t]
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
-		if err != nil {
-			return fmt.Errorf("marshal %s %q: %w", t, name, err)
-		}
-		sum := sha256.Sum256(b)
-		ts.versions[name] = hex.EncodeToString(sum[:8])
-		ts.resources[name] = types.ResourceWithTTL{Resource: m}
-		ts.plain[name] = m
-		return nil
+// endpoints get an answer. It returns how many were added. Resources that
+// are the very same messages as in prev (the snapshot served before, may be
+// nil) keep their version without being serialised and hashed again.
+func newSnapshot(set *resources.Set, prev *snapshot) (*snapshot, int, error) {
+	in := map[string]map[string]served{
+		resourcev3.ListenerType: make(map[string]served, len(set.Listeners)),
+		resourcev3.RouteType:    make(map[string]served, len(set.Routes)),
+		resourcev3.ClusterType:  make(map[string]served, len(set.Clusters)),
+		resourcev3.EndpointType: make(map[string]served, max(len(set.Endpoints), len(set.Clusters))),
 	}
 	for n, r := range set.Listeners {
-		if err := add(resourcev3.ListenerType, n, r); err != nil {
-			return nil, 0, err
-		}
+		in[resourcev3.ListenerType][n] = served{r, r}
 	}
 	for n, r := range set.Routes {
-		if err := add(resourcev3.RouteType, n, r); err != nil {
-			return nil, 0, err
-		}
+		in[resourcev3.RouteType][n] = served{r, r}
 	}
-	filled := 0
-	endpoints := make(map[string]*endpointv3.ClusterLoadAssignment, len(set.Endpoints))
+	endpoints := in[resourcev3.EndpointType]
 	for n, r := range set.Endpoints {
+		var m proto.Message = r
 		if r.GetClusterName() == "" {
 			// Inline load assignments may leave cluster_name empty.
-			r = proto.Clone(r).(*endpointv3.ClusterLoadAssignment)
-			r.ClusterName = n
+			if pt := prev.endpointSrc(n); pt == nil || pt != proto.Message(r) {
+				c := proto.Clone(r).(*endpointv3.ClusterLoadAssignment)
+				c.ClusterName = n
+				m = c
+			}
+			// else the copy served before is reused.
 		}
-		endpoints[n] = r
+		endpoints[n] = served{r, m}
 	}
+	filled := 0
 	for n, c := range set.Clusters {
-		if err := add(resourcev3.ClusterType, n, c); err != nil {
-			return nil, 0, err
+		if c.GetType() != clusterv3.Cluster_EDS {
+			in[resourcev3.ClusterType][n] = served{c, c}
+			continue
 		}
-		if c.GetType() == clusterv3.Cluster_EDS {
-			eds := c.GetEdsClusterConfig().GetServiceName()
-			if eds == "" {
-				eds = n
-			}
-			if _, ok := endpoints[eds]; !ok {
-				endpoints[eds] = &endpointv3.ClusterLoadAssignment{ClusterName: eds}
-				filled++
-			}
+		var m proto.Message = c
+		if c.GetLoadAssignment() != nil && prev.srcOf(resourcev3.ClusterType, n) != proto.Message(c) {
+			// An EDS cluster's inline load_assignment is served as its
+			// EDS resource; Envoy ignores it in the cluster, so it is not
+			// sent twice (it would double CDS, and every endpoint change
+			// would change the cluster too).
+			cp := proto.Clone(c).(*clusterv3.Cluster)
+			cp.LoadAssignment = nil
+			m = cp
 		}
+		in[resourcev3.ClusterType][n] = served{c, m}
+		eds := c.GetEdsClusterConfig().GetServiceName()
+		if eds == "" {
+			eds = n
+		}
+		if _, ok := endpoints[eds]; ok {
+			continue
+		}
+		var la proto.Message = &endpointv3.ClusterLoadAssignment{ClusterName: eds}
+		if pt := prev.endpointSrc(eds); pt != nil && proto.Equal(pt, la) {
+			la = pt // the empty assignment served before
+		}
+		endpoints[eds] = served{la, la}
+		filled++
 	}
-	for n, r := range endpoints {
-		if err := add(resourcev3.EndpointType, n, r); err != nil {
-			return nil, 0, err
-		}
-	}
+	s := &snapshot{types: make(map[string]*typeSnap, len(servedTypes))}
 	for _, t := range servedTypes {
-		ts := s.types[t]
-		names := make([]string, 0, len(ts.versions))
-		for n := range ts.versions {
-			names = append(names, n)
+		var pt *typeSnap
+		if prev != nil {
+			pt = prev.types[t]
 		}
-		sort.Strings(names)
-		h := sha256.New()
-		var l [8]byte
-		for _, n := range names {
-			binary.BigEndian.PutUint64(l[:], uint64(len(n)))
-			h.Write(l[:])
-			h.Write([]byte(n))
-			h.Write([]byte(ts.versions[n]))
+		ts, err := newTypeSnap(t, in[t], pt)
+		if err != nil {
+			return nil, 0, err
 		}
-		ts.version = hex.EncodeToString(h.Sum(nil)[:8])
+		s.types[t] = ts
 	}
 	return s, filled, nil
+}
+
+// served is a resource as served (m) and the Set message it comes from
+// (src; m is src or a copy of it).
+type served struct{ src, m proto.Message }
+
+// newTypeSnap builds the resources of one type. When every resource is the
+// same message as in prev, prev itself is returned (type snapshots are never
+// modified); otherwise unchanged resources keep their version.
+func newTypeSnap(t string, in map[string]served, prev *typeSnap) (*typeSnap, error) {
+	if prev != nil && len(prev.src) == len(in) {
+		same := true
+		for n, r := range in {
+			if prev.src[n] != r.src {
+				same = false
+				break
+			}
+		}
+		if same {
+			return prev, nil
+		}
+	}
+	n := len(in)
+	ts := &typeSnap{resources: make(map[string]types.ResourceWithTTL, n), plain: make(map[string]types.Resource, n),
+		versions: make(map[string]string, n), src: make(map[string]proto.Message, n)}
+	names := make([]string, 0, n)
+	for name, r := range in {
+		names = append(names, name)
+		ts.src[name] = r.src
+		m, version := r.m, ""
+		if prev != nil && prev.src[name] == r.src {
+			m, version = prev.plain[name], prev.versions[name]
+		} else {
+			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+			if err != nil {
+				return nil, fmt.Errorf("marshal %s %q: %w", t, name, err)
+			}
+			sum := sha256.Sum256(b)
+			version = hex.EncodeToString(sum[:8])
+		}
+		ts.versions[name] = version
+		ts.resources[name] = types.ResourceWithTTL{Resource: m}
+		ts.plain[name] = m
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	var l [8]byte
+	for _, n := range names {
+		binary.BigEndian.PutUint64(l[:], uint64(len(n)))
+		h.Write(l[:])
+		h.Write([]byte(n))
+		h.Write([]byte(ts.versions[n]))
+	}
+	ts.version = hex.EncodeToString(h.Sum(nil)[:8])
+	return ts, nil
+}
+
+// endpointSrc is the Set message endpoints name was served from (nil if
+// none or s is nil).
+func (s *snapshot) endpointSrc(name string) proto.Message {
+	return s.srcOf(resourcev3.EndpointType, name)
+}
+
+// srcOf is the Set message resource name of type t was served from (nil if
+// none or s is nil).
+func (s *snapshot) srcOf(t, name string) proto.Message {
+	if s == nil {
+		return nil
+	}
+	return s.types[t].src[name]
 }
 
 func (s *snapshot) GetVersion(typeURL string) string {

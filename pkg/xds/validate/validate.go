@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -35,27 +36,27 @@ func check(m protoreflect.Message, depth int) error {
 	return walk(m, depth)
 }
 
-// walk recurses into populated message fields looking for Any payloads.
+// walk recurses into populated message fields looking for Any payloads,
+// skipping fields whose type cannot hold one.
 func walk(m protoreflect.Message, depth int) error {
-	var err error
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind {
-			return true
+	fields := m.Descriptor().Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		if !mayHoldAny(fd) || !m.Has(fd) {
+			continue
 		}
+		v := m.Get(fd)
 		name := string(fd.Name())
 		switch {
 		case fd.IsList():
 			l := v.List()
 			for i := 0; i < l.Len(); i++ {
 				if e := inner(l.Get(i).Message(), depth); e != nil {
-					err = join(fmt.Sprintf("%s[%d]", name, i), e)
-					return false
+					return join(fmt.Sprintf("%s[%d]", name, i), e)
 				}
 			}
 		case fd.IsMap():
-			if fd.MapValue().Kind() != protoreflect.MessageKind {
-				return true
-			}
+			var err error
 			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
 				if e := inner(mv.Message(), depth); e != nil {
 					err = join(fmt.Sprintf("%s[%s]", name, strconv.Quote(k.String())), e)
@@ -64,20 +65,59 @@ func walk(m protoreflect.Message, depth int) error {
 				return true
 			})
 			if err != nil {
-				return false
+				return err
 			}
 		default:
 			if e := inner(v.Message(), depth); e != nil {
-				err = join(name, e)
-				return false
+				return join(name, e)
 			}
 		}
-		return true
-	})
-	if err != nil {
-		return err
 	}
 	return nil
+}
+
+// anyReach memoises, per message type, whether an Any can occur anywhere
+// below it. It only caches facts about immutable, linked-in descriptors.
+var anyReach sync.Map // protoreflect.FullName -> bool
+
+const anyName protoreflect.FullName = "google.protobuf.Any"
+
+// mayHoldAny reports whether a message field (or a map of messages) can
+// contain an Any at any depth. Subtrees that cannot are not walked, which is
+// most of an endpoint assignment (addresses, health checks).
+func mayHoldAny(fd protoreflect.FieldDescriptor) bool {
+	if fd.IsMap() {
+		fd = fd.MapValue()
+	}
+	md := fd.Message()
+	if md == nil {
+		return false
+	}
+	if v, ok := anyReach.Load(md.FullName()); ok {
+		return v.(bool)
+	}
+	found := false
+	seen := map[protoreflect.FullName]bool{md.FullName(): true}
+	queue := []protoreflect.MessageDescriptor{md}
+	for len(queue) > 0 && !found {
+		m := queue[0]
+		queue = queue[1:]
+		if m.FullName() == anyName {
+			found = true
+			break
+		}
+		fields := m.Fields()
+		for i := 0; i < fields.Len(); i++ {
+			sub := fields.Get(i).Message()
+			if sub == nil || seen[sub.FullName()] {
+				continue
+			}
+			seen[sub.FullName()] = true
+			queue = append(queue, sub)
+		}
+	}
+	anyReach.Store(md.FullName(), found)
+	return found
 }
 
 // fieldErr marks the end of a path: inner returns errors that read well after

@@ -7,10 +7,12 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	luav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/lua/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -74,5 +76,47 @@ func TestTopLevelRules(t *testing.T) {
 	}
 	if err := Resource(nil); err == nil {
 		t.Fatal("nil accepted")
+	}
+}
+
+func TestMayHoldAny(t *testing.T) {
+	ep := (&endpointv3.LbEndpoint{}).ProtoReflect().Descriptor()
+	cases := map[string]bool{
+		"endpoint": false, // address, health check config: no Any below
+		"metadata": true,  // typed_filter_metadata
+	}
+	for field, want := range cases {
+		fd := ep.Fields().ByName(protoreflect.Name(field))
+		if fd == nil {
+			t.Fatalf("no field %s", field)
+		}
+		if got := mayHoldAny(fd); got != want {
+			t.Errorf("mayHoldAny(LbEndpoint.%s) = %v, want %v", field, got, want)
+		}
+	}
+	// A map of Any, and the recursive Struct.
+	md := (&corev3.Metadata{}).ProtoReflect().Descriptor()
+	if !mayHoldAny(md.Fields().ByName("typed_filter_metadata")) {
+		t.Error("Metadata.typed_filter_metadata holds Any")
+	}
+	if mayHoldAny(md.Fields().ByName("filter_metadata")) {
+		t.Error("Metadata.filter_metadata (Struct) holds no Any")
+	}
+}
+
+// BenchmarkResourceCLA validates a 10-endpoint assignment.
+func BenchmarkResourceCLA(b *testing.B) {
+	var lbs []*endpointv3.LbEndpoint
+	for i := 0; i < 10; i++ {
+		lbs = append(lbs, &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+				Address: "10.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 8080}}}}}}})
+	}
+	la := &endpointv3.ClusterLoadAssignment{ClusterName: "c", Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if err := Resource(la); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
