@@ -3,8 +3,9 @@ package admin
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
-	"sort"
+	"slices"
 	"time"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
@@ -164,7 +165,7 @@ func BuildConfigDump(cur xds.Current, includeEDS bool) (*adminv3.ConfigDump, err
 
 	// Clusters.
 	cds := &adminv3.ClustersConfigDump{VersionInfo: typeVersion(xds.ClusterType)}
-	for _, n := range sortedKeys(set.Clusters) {
+	for _, n := range slices.Sorted(maps.Keys(set.Clusters)) {
 		a, err := wrap(set.Clusters[n])
 		if err != nil {
 			return nil, err
@@ -182,7 +183,7 @@ func BuildConfigDump(cur xds.Current, includeEDS bool) (*adminv3.ConfigDump, err
 
 	if includeEDS {
 		eds := &adminv3.EndpointsConfigDump{}
-		for _, n := range sortedKeys(set.Endpoints) {
+		for _, n := range slices.Sorted(maps.Keys(set.Endpoints)) {
 			a, err := wrap(set.Endpoints[n])
 			if err != nil {
 				return nil, err
@@ -201,7 +202,7 @@ func BuildConfigDump(cur xds.Current, includeEDS bool) (*adminv3.ConfigDump, err
 
 	// Listeners.
 	lds := &adminv3.ListenersConfigDump{VersionInfo: typeVersion(xds.ListenerType)}
-	for _, n := range sortedKeys(set.Listeners) {
+	for _, n := range slices.Sorted(maps.Keys(set.Listeners)) {
 		a, err := wrap(set.Listeners[n])
 		if err != nil {
 			return nil, err
@@ -222,7 +223,7 @@ func BuildConfigDump(cur xds.Current, includeEDS bool) (*adminv3.ConfigDump, err
 
 	// Routes.
 	rds := &adminv3.RoutesConfigDump{}
-	for _, n := range sortedKeys(set.Routes) {
+	for _, n := range slices.Sorted(maps.Keys(set.Routes)) {
 		a, err := wrap(set.Routes[n])
 		if err != nil {
 			return nil, err
@@ -249,13 +250,4 @@ func failure(n xds.NackError) *adminv3.UpdateFailureState {
 	}
 }
 
-func leftovers(m map[string]xds.NackError) []string { return sortedKeys(m) }
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
+func leftovers(m map[string]xds.NackError) []string { return slices.Sorted(maps.Keys(m)) }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -101,7 +103,7 @@ func newEntry(m proto.Message, sum rawSum, version string, updated time.Time) *e
 	if l, ok := m.(*listenerType); ok {
 		names := map[string]bool{}
 		routeNames(l, names)
-		e.routes = sortedKeys(names)
+		e.routes = slices.Sorted(maps.Keys(names))
 	}
 	return e
 }
@@ -706,7 +708,7 @@ func (c *Client) sendSotw(sc *streamCtx, ts *typeState, names map[string]bool, n
 	req := &discoveryv3.DiscoveryRequest{
 		VersionInfo:   ts.version,
 		Node:          c.nodeOnce(sc),
-		ResourceNames: sortedKeys(names),
+		ResourceNames: slices.Sorted(maps.Keys(names)),
 		TypeUrl:       ts.url,
 		ResponseNonce: ts.nonce,
 		ErrorDetail:   nack,
@@ -725,12 +727,12 @@ func (c *Client) sendDelta(sc *streamCtx, ts *typeState, wild bool, names map[st
 		}
 		// An initial request without names is a (legacy) wildcard.
 	} else {
-		for _, n := range sortedKeys(names) {
+		for _, n := range slices.Sorted(maps.Keys(names)) {
 			if !ts.sent[n] {
 				req.ResourceNamesSubscribe = append(req.ResourceNamesSubscribe, n)
 			}
 		}
-		for _, n := range sortedKeys(ts.sent) {
+		for _, n := range slices.Sorted(maps.Keys(ts.sent)) {
 			if !names[n] {
 				req.ResourceNamesUnsubscribe = append(req.ResourceNamesUnsubscribe, n)
 			}

@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -182,22 +184,22 @@ func (s *Server) decodeFile(data []byte) (*resources.Set, []resources.ConfigDump
 // Check validates every resource of set (protoc-gen-validate rules,
 // including nested Any payloads) and returns the first failure.
 func Check(set *resources.Set) error {
-	for _, n := range sortedKeys(set.Listeners) {
+	for _, n := range slices.Sorted(maps.Keys(set.Listeners)) {
 		if err := validate.Resource(set.Listeners[n]); err != nil {
 			return fmt.Errorf("listener %q: %w", n, err)
 		}
 	}
-	for _, n := range sortedKeys(set.Routes) {
+	for _, n := range slices.Sorted(maps.Keys(set.Routes)) {
 		if err := validate.Resource(set.Routes[n]); err != nil {
 			return fmt.Errorf("route configuration %q: %w", n, err)
 		}
 	}
-	for _, n := range sortedKeys(set.Clusters) {
+	for _, n := range slices.Sorted(maps.Keys(set.Clusters)) {
 		if err := validate.Resource(set.Clusters[n]); err != nil {
 			return fmt.Errorf("cluster %q: %w", n, err)
 		}
 	}
-	for _, n := range sortedKeys(set.Endpoints) {
+	for _, n := range slices.Sorted(maps.Keys(set.Endpoints)) {
 		if err := validate.Resource(set.Endpoints[n]); err != nil {
 			return fmt.Errorf("endpoints %q: %w", n, err)
 		}
@@ -404,15 +406,6 @@ func ListenAndServe(ctx context.Context, addr string, opts Options) error {
 		return err
 	}
 	return s.Serve(ctx, lis)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sortStrings(out)
-	return out
 }
 
 // checkNames verifies that every resource is keyed by its own name.

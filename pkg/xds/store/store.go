@@ -7,9 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -91,22 +92,22 @@ func Encode(p *xds.Persisted) ([]byte, error) {
 		b.Resources = append(b.Resources, resource{TypeURL: typeURL, Name: name, Version: meta.Version, LastUpdated: meta.LastUpdated.UTC(), Value: v})
 		return nil
 	}
-	for _, n := range keys(p.Set.Clusters) {
+	for _, n := range slices.Sorted(maps.Keys(p.Set.Clusters)) {
 		if err := add(xds.ClusterType, n, p.Set.Clusters[n]); err != nil {
 			return nil, err
 		}
 	}
-	for _, n := range keys(p.Set.Endpoints) {
+	for _, n := range slices.Sorted(maps.Keys(p.Set.Endpoints)) {
 		if err := add(xds.EndpointType, n, p.Set.Endpoints[n]); err != nil {
 			return nil, err
 		}
 	}
-	for _, n := range keys(p.Set.Listeners) {
+	for _, n := range slices.Sorted(maps.Keys(p.Set.Listeners)) {
 		if err := add(xds.ListenerType, n, p.Set.Listeners[n]); err != nil {
 			return nil, err
 		}
 	}
-	for _, n := range keys(p.Set.Routes) {
+	for _, n := range slices.Sorted(maps.Keys(p.Set.Routes)) {
 		if err := add(xds.RouteType, n, p.Set.Routes[n]); err != nil {
 			return nil, err
 		}
@@ -290,13 +291,4 @@ func (s *Store) Load(ctx context.Context) (*xds.Persisted, error) {
 		return nil, fmt.Errorf("xds store: %s (moved to %s): %w", s.path, aside, err)
 	}
 	return p, nil
-}
-
-func keys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
