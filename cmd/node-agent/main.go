@@ -140,6 +140,17 @@ func newLogger(level string) (*zap.Logger, error) {
 	return cfg.Build()
 }
 
+// daemon sets up a long-running command: its logger and a context that
+// ends on SIGINT or SIGTERM. done flushes and releases both.
+func daemon(level string) (context.Context, *zap.Logger, func(), error) {
+	log, err := newLogger(level)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	return ctx, log, func() { stop(); _ = log.Sync() }, nil
+}
+
 func cmdRun(args []string) error {
 	fs := newFlags("run")
 	cfgPath := fs.String("config", "", "agent config file (YAML/JSON); the embedded default when empty")
@@ -200,14 +211,11 @@ func cmdRun(args []string) error {
 	if err := cfg.Validate(); err != nil {
 		return fail(2, "%v", err)
 	}
-	log, err := newLogger(*logLevel)
+	ctx, log, done, err := daemon(*logLevel)
 	if err != nil {
 		return err
 	}
-	defer log.Sync()
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	defer done()
 	if err := agent.New(cfg, log).Run(ctx); err != nil {
 		return fail(1, "%v", err)
 	}
@@ -341,13 +349,11 @@ func cmdXDSServer(args []string) error {
 	if *file == "" {
 		return fail(2, "xds-server: --config FILE is required")
 	}
-	log, err := newLogger(*logLevel)
+	ctx, log, done, err := daemon(*logLevel)
 	if err != nil {
 		return err
 	}
-	defer log.Sync()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	defer done()
 	if _, _, err := xdsserver.LoadFile(*file); err != nil {
 		return fail(2, "xds-server: %v", err)
 	}
