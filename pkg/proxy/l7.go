@@ -28,6 +28,9 @@ type l7 struct {
 
 	mu       sync.Mutex
 	managers map[string]*hcm.Manager // by the HCM config's deterministic bytes
+	// byChain indexes the managers by the chains of the snapshot in force,
+	// so a connection does not re-encode its HCM config to find one.
+	byChain map[*state.HTTP]*hcm.Manager
 }
 
 func newL7(p *Proxy) *l7 {
@@ -47,6 +50,7 @@ func newL7(p *Proxy) *l7 {
 		pools:    hcm.NewPools(hcm.PoolOptions{Dial: dial}),
 		alog:     alog,
 		managers: map[string]*hcm.Manager{},
+		byChain:  map[*state.HTTP]*hcm.Manager{},
 	}
 }
 
@@ -59,6 +63,12 @@ func hcmKey(h *state.HTTP) (string, error) {
 }
 
 func (l *l7) manager(h *state.HTTP) (*hcm.Manager, error) {
+	l.mu.Lock()
+	m := l.byChain[h]
+	l.mu.Unlock()
+	if m != nil {
+		return m, nil
+	}
 	key, err := hcmKey(h)
 	if err != nil {
 		return nil, err
@@ -66,24 +76,28 @@ func (l *l7) manager(h *state.HTTP) (*hcm.Manager, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if m := l.managers[key]; m != nil {
+		l.byChain[h] = m
 		return m, nil
 	}
-	m, err := hcm.New(h.Config, routeSource{l.p}, upstreams{l.p}, hcm.Options{
+	m, err = hcm.New(h.Config, routeSource{l.p}, upstreams{l.p}, hcm.Options{
 		Pools: l.pools, Log: l.p.log.Named("hcm"), AccessLog: l.alog,
 	})
 	if err != nil {
 		return nil, err
 	}
 	l.managers[key] = m
+	l.byChain[h] = m
 	return m, nil
 }
 
 // retain drains the managers whose HCM config is not in snap.
 func (l *l7) retain(snap *state.Snapshot) {
 	keep := map[string]bool{}
-	for _, h := range snap.HTTPChains() {
+	chains := snap.HTTPChains()
+	keys := make([]string, len(chains))
+	for i, h := range chains {
 		if k, err := hcmKey(h); err == nil {
-			keep[k] = true
+			keep[k], keys[i] = true, k
 		}
 	}
 	l.mu.Lock()
@@ -92,6 +106,13 @@ func (l *l7) retain(snap *state.Snapshot) {
 		if !keep[k] {
 			drop = append(drop, m)
 			delete(l.managers, k)
+		}
+	}
+	// Index the new chains; managers not built yet are built on first use.
+	l.byChain = make(map[*state.HTTP]*hcm.Manager, len(chains))
+	for i, h := range chains {
+		if m := l.managers[keys[i]]; m != nil && keys[i] != "" {
+			l.byChain[h] = m
 		}
 	}
 	l.mu.Unlock()
