@@ -170,31 +170,21 @@ type bulkServer struct {
 
 func (m *mesh) bulkServer(addr, name string, size int) *bulkServer {
 	s := &bulkServer{lis: m.listen(addr), name: name}
-	go func() {
-		for {
-			c, err := s.lis.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-				got, err := io.ReadAll(c)
-				if err == nil && !bytes.Equal(got, pattern(1, size)) {
-					err = fmt.Errorf("%s received %d bytes that differ from the %d sent", name, len(got), size)
-				}
-				if err == nil {
-					_, err = c.Write(pattern(2, size))
-				}
-				s.mu.Lock()
-				s.n++
-				if err != nil {
-					s.errs = append(s.errs, err)
-				}
-				s.mu.Unlock()
-			}()
+	serveEach(s.lis, 60*time.Second, func(c net.Conn) {
+		got, err := io.ReadAll(c)
+		if err == nil && !bytes.Equal(got, pattern(1, size)) {
+			err = fmt.Errorf("%s received %d bytes that differ from the %d sent", name, len(got), size)
 		}
-	}()
+		if err == nil {
+			_, err = c.Write(pattern(2, size))
+		}
+		s.mu.Lock()
+		s.n++
+		if err != nil {
+			s.errs = append(s.errs, err)
+		}
+		s.mu.Unlock()
+	})
 	return s
 }
 
@@ -406,4 +396,22 @@ func (m *mesh) waitPort(addr string) {
 func runOut(name string, args ...string) (string, error) {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	return string(out), err
+}
+
+// serveEach accepts until lis closes and runs handle on each connection in
+// its own goroutine, with a deadline, closing the connection afterwards.
+func serveEach(lis net.Listener, deadline time.Duration, handle func(net.Conn)) {
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(deadline))
+				handle(c)
+			}()
+		}
+	}()
 }

@@ -113,28 +113,18 @@ type idServer struct {
 
 func (m *mesh) idServer(addr, name string) *idServer {
 	s := &idServer{lis: m.listen(addr), name: name}
-	go func() {
-		for {
-			c, err := s.lis.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-				got, err := io.ReadAll(c)
-				if err != nil {
-					return
-				}
-				if _, err := c.Write(append([]byte(s.name+"\n"), got...)); err != nil {
-					return
-				}
-				s.mu.Lock()
-				s.n++
-				s.mu.Unlock()
-			}()
+	serveEach(s.lis, 30*time.Second, func(c net.Conn) {
+		got, err := io.ReadAll(c)
+		if err != nil {
+			return
 		}
-	}()
+		if _, err := c.Write(append([]byte(s.name+"\n"), got...)); err != nil {
+			return
+		}
+		s.mu.Lock()
+		s.n++
+		s.mu.Unlock()
+	})
 	return s
 }
 
