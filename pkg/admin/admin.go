@@ -13,17 +13,43 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/meshlet/meshlet/pkg/resources"
+	"github.com/meshlet/meshlet/pkg/state"
 	"github.com/meshlet/meshlet/pkg/xds"
 )
 
-// ConfigSource is where the handler gets the configuration in force;
-// *xds.Client implements it.
+// ConfigSource is where the handler gets the configuration in force and
+// what the agent made of it. The agent implements it over its xDS client
+// (Current) and the snapshot its proxy runs (Translation).
 type ConfigSource interface {
+	// Current is the configuration in force, as *xds.Client.Current.
 	Current() xds.Current
+	// Translation is what of that configuration the agent does not
+	// honour; the zero Translation before anything was applied.
+	Translation() Translation
 }
+
+// Translation is the outcome of translating the configuration in force
+// into the agent's runtime state.
+type Translation struct {
+	// Version is the version of the Set the issues were found in
+	// (state.Snapshot.Version).
+	Version string
+	// Issues is state.Snapshot.Issues: what the agent accepted but does not
+	// honour (ignored filters, listeners not captured, ...).
+	Issues []state.Issue
+}
+
+// IssuesKey is the key of the google.protobuf.Struct entry of /config_dump's
+// configs list that carries the translation issues; the Struct also has a
+// "version_info" string.
+const IssuesKey = "meshlet_translation_issues"
+
+// IssuesTypeURL is the type URL of that entry.
+const IssuesTypeURL = "type.googleapis.com/google.protobuf.Struct"
 
 // StatusHook returns extra status to merge into /status under its name.
 type StatusHook func() any
@@ -67,9 +93,10 @@ func (h *Handler) ready(w http.ResponseWriter, _ *http.Request) {
 }
 
 type statusDoc struct {
-	XDS   xds.Status     `json:"xds"`
-	Nacks []nackDoc      `json:"nacks,omitempty"`
-	Extra map[string]any `json:"extra,omitempty"`
+	XDS    xds.Status     `json:"xds"`
+	Nacks  []nackDoc      `json:"nacks,omitempty"`
+	Issues []state.Issue  `json:"issues,omitempty"`
+	Extra  map[string]any `json:"extra,omitempty"`
 }
 
 type nackDoc struct {
@@ -82,7 +109,7 @@ type nackDoc struct {
 
 func (h *Handler) status(w http.ResponseWriter, _ *http.Request) {
 	cur := h.src.Current()
-	doc := statusDoc{XDS: cur.Status}
+	doc := statusDoc{XDS: cur.Status, Issues: h.src.Translation().Issues}
 	for _, n := range cur.Nacks {
 		doc.Nacks = append(doc.Nacks, nackDoc{Type: n.TypeURL, Name: n.Name, Version: n.Version, Detail: n.Detail, Time: n.Time})
 	}
@@ -102,7 +129,7 @@ func (h *Handler) status(w http.ResponseWriter, _ *http.Request) {
 
 func (h *Handler) configDump(w http.ResponseWriter, r *http.Request) {
 	_, includeEDS := r.URL.Query()["include_eds"]
-	cd, err := BuildConfigDump(h.src.Current(), includeEDS)
+	cd, err := BuildConfigDump(h.src.Current(), h.src.Translation(), includeEDS)
 	if err != nil {
 		h.log.Error("admin: build config dump", zap.Error(err))
 		http.Error(w, "config dump: "+err.Error(), http.StatusInternalServerError)
@@ -121,8 +148,10 @@ func (h *Handler) configDump(w http.ResponseWriter, r *http.Request) {
 // BuildConfigDump renders cur as envoy.admin.v3.ConfigDump: listeners,
 // clusters, routes and (with includeEDS, as in Envoy) endpoints, each with
 // version_info and last_updated, and the rejected configuration of standing
-// NACKs as error_state.
-func BuildConfigDump(cur xds.Current, includeEDS bool) (*adminv3.ConfigDump, error) {
+// NACKs as error_state. The last entry of configs is a
+// google.protobuf.Struct with tr's issues under IssuesKey (always present,
+// an empty list when there are none).
+func BuildConfigDump(cur xds.Current, tr Translation, includeEDS bool) (*adminv3.ConfigDump, error) {
 	set := cur.Set
 	if set == nil {
 		set = resources.New()
@@ -238,7 +267,61 @@ func BuildConfigDump(cur xds.Current, includeEDS bool) (*adminv3.ConfigDump, err
 	if err := add(rds); err != nil {
 		return nil, err
 	}
+
+	// Translation issues: accepted configuration the agent does not honour.
+	is, err := issuesStruct(tr)
+	if err != nil {
+		return nil, err
+	}
+	if err := add(is); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// issuesStruct is the configs entry for tr:
+// {"meshlet_translation_issues": [{"type","name","reason"}...], "version_info": "..."}.
+func issuesStruct(tr Translation) (*structpb.Struct, error) {
+	list := make([]any, 0, len(tr.Issues))
+	for _, is := range tr.Issues {
+		list = append(list, map[string]any{"type": is.Type, "name": is.Name, "reason": is.Reason})
+	}
+	s, err := structpb.NewStruct(map[string]any{IssuesKey: list, "version_info": tr.Version})
+	if err != nil {
+		return nil, fmt.Errorf("translation issues: %w", err)
+	}
+	return s, nil
+}
+
+// IssuesFromConfigDump returns the translation issues of a dump built by
+// BuildConfigDump, and false when the dump has no such entry.
+func IssuesFromConfigDump(cd *adminv3.ConfigDump) (Translation, bool, error) {
+	for _, c := range cd.GetConfigs() {
+		if c.GetTypeUrl() != IssuesTypeURL {
+			continue
+		}
+		var s structpb.Struct
+		if err := c.UnmarshalTo(&s); err != nil {
+			return Translation{}, false, fmt.Errorf("config dump: %s entry: %w", IssuesKey, err)
+		}
+		list, ok := s.GetFields()[IssuesKey]
+		if !ok {
+			continue // some other Struct entry
+		}
+		if list.GetListValue() == nil {
+			return Translation{}, false, fmt.Errorf("config dump: %s is not a list", IssuesKey)
+		}
+		tr := Translation{Version: s.GetFields()["version_info"].GetStringValue(), Issues: []state.Issue{}}
+		for i, v := range list.GetListValue().GetValues() {
+			f := v.GetStructValue().GetFields()
+			if f == nil {
+				return Translation{}, false, fmt.Errorf("config dump: %s[%d] is not an object", IssuesKey, i)
+			}
+			tr.Issues = append(tr.Issues, state.Issue{Type: f["type"].GetStringValue(), Name: f["name"].GetStringValue(), Reason: f["reason"].GetStringValue()})
+		}
+		return tr, true, nil
+	}
+	return Translation{}, false, nil
 }
 
 func failure(n xds.NackError) *adminv3.UpdateFailureState {

@@ -274,10 +274,12 @@ func (a *Agent) node() (*corev3.Node, error) {
 // applySet is the xDS Applier: a Set that does not translate is rejected
 // (the client NACKs it and the previous config stays in force).
 func (a *Agent) applySet(_ context.Context, set *resources.Set) error {
+	t0 := time.Now()
 	snap, err := state.Build(set, state.Options{ReservedPorts: a.reservedPorts(), Previous: a.proxy.Snapshot()})
 	if err != nil {
 		return err
 	}
+	built := time.Now()
 	for _, is := range snap.Issues {
 		a.log.Debug("config not fully honoured", zap.String("type", is.Type), zap.String("name", is.Name), zap.String("reason", is.Reason))
 	}
@@ -285,7 +287,8 @@ func (a *Agent) applySet(_ context.Context, set *resources.Set) error {
 		return err
 	}
 	a.log.Info("config applied", zap.String("version", snap.Version), zap.Int("captures", len(snap.Captures)),
-		zap.Int("clusters", len(snap.Clusters)), zap.Int("issues", len(snap.Issues)))
+		zap.Int("clusters", len(snap.Clusters)), zap.Int("issues", len(snap.Issues)),
+		zap.Duration("translate", built.Sub(t0)), zap.Duration("install", time.Since(built)))
 	return nil
 }
 
@@ -417,6 +420,20 @@ func (a *Agent) status() Status {
 	return st
 }
 
+// adminSource is what the admin endpoint shows: the xDS client's
+// configuration and the issues of the snapshot the proxy runs.
+type adminSource struct{ a *Agent }
+
+func (s adminSource) Current() xds.Current { return s.a.xds.Current() }
+
+func (s adminSource) Translation() admin.Translation {
+	snap := s.a.proxy.Snapshot()
+	if snap == nil {
+		return admin.Translation{}
+	}
+	return admin.Translation{Version: snap.Version, Issues: snap.Issues}
+}
+
 func (a *Agent) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
@@ -426,7 +443,7 @@ func (a *Agent) adminHandler() http.Handler {
 		_ = enc.Encode(a.status())
 	})
 	// Envoy-shaped /config_dump and /ready come from the xDS admin handler.
-	xa := admin.New(a.xds, a.log.Named("admin"), nil)
+	xa := admin.New(adminSource{a}, a.log.Named("admin"), nil)
 	mux.Handle("GET /config_dump", xa)
 	mux.Handle("GET /ready", xa)
 	mux.HandleFunc("POST /acceleration", func(w http.ResponseWriter, r *http.Request) {

@@ -2,7 +2,9 @@ package state
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 
+	"github.com/meshlet/meshlet/internal/par"
 	"github.com/meshlet/meshlet/pkg/resources"
 )
 
@@ -165,49 +168,58 @@ func Build(set *resources.Set, opts Options) (*Snapshot, error) {
 	if p := opts.Previous; p != nil {
 		prevClusters, prevListeners = p.clusters, p.listeners
 	}
-	names := make([]string, 0, max(len(set.Clusters), len(set.Listeners)))
-	for n := range set.Clusters {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
+	// Clusters and listeners translate independently of each other (only
+	// placing a listener looks at the others), so the ones that changed
+	// are built on all CPUs first; the results are then assembled in name
+	// order, which keeps errors and issues deterministic.
+	cnames := slices.Sorted(maps.Keys(set.Clusters))
+	cbuilt := make([]*builtCluster, len(cnames))
+	cerrs := make([]error, len(cnames))
+	par.For(len(cnames), func(i int) {
+		n := cnames[i]
 		c := set.Clusters[n]
 		la := endpointsOf(c, set)
 		b := prevClusters[n]
 		if b == nil || b.src != c || b.la != la {
 			b = &builtCluster{src: c, la: la}
-			out, err := buildCluster(c, la, &b.issues)
-			if err != nil {
-				return nil, fmt.Errorf("cluster %q: %w", n, err)
-			}
-			b.out = out
+			b.out, cerrs[i] = buildCluster(c, la, &b.issues)
 		}
+		cbuilt[i] = b
+	})
+	for i, n := range cnames {
+		if cerrs[i] != nil {
+			return nil, fmt.Errorf("cluster %q: %w", n, cerrs[i])
+		}
+		b := cbuilt[i]
 		s.clusters[n] = b
 		s.Clusters[n] = b.out
 		s.Issues = append(s.Issues, b.issues...)
 	}
 
-	names = names[:0]
-	for n := range set.Listeners {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	s.Captures = make([]Capture, 0, len(names))
-	for _, n := range names {
-		l := set.Listeners[n]
-		b := prevListeners[n]
+	lnames := slices.Sorted(maps.Keys(set.Listeners))
+	lbuilt := make([]*builtListener, len(lnames))
+	lerrs := make([]error, len(lnames))
+	par.For(len(lnames), func(i int) {
+		l := set.Listeners[lnames[i]]
+		b := prevListeners[lnames[i]]
 		if b == nil || b.src != l {
-			var err error
-			if b, err = buildListener(l); err != nil {
-				return nil, fmt.Errorf("listener %q: %w", n, err)
-			}
+			b, lerrs[i] = buildListener(l)
 		}
+		lbuilt[i] = b
+	})
+	s.Captures = make([]Capture, 0, len(lnames))
+	for i, n := range lnames {
+		if lerrs[i] != nil {
+			return nil, fmt.Errorf("listener %q: %w", n, lerrs[i])
+		}
+		b := lbuilt[i]
 		if err := s.place(b, opts); err != nil {
 			return nil, fmt.Errorf("listener %q: %w", n, err)
 		}
 		s.listeners[n] = b
 		s.Issues = append(s.Issues, b.issues...)
 	}
+	s.Issues = append(s.Issues, s.referenceIssues(lnames)...)
 	sort.Slice(s.Captures, func(i, j int) bool {
 		a, b := s.Captures[i], s.Captures[j]
 		if a.Port != b.Port {
@@ -561,5 +573,55 @@ func (s *Snapshot) HTTPChains() []*HTTP {
 		add(l)
 	}
 	add(s.dispatch)
+	return out
+}
+
+// referenceIssues reports what HTTP chains and routes name but the config
+// lacks: a missing RDS route configuration (its requests are answered 404)
+// and a route's missing cluster (503). listeners are the sorted listener
+// names. It allocates only for the issues it finds and the route names.
+func (s *Snapshot) referenceIssues(listeners []string) []Issue {
+	var out []Issue
+	routeClusters := func(rc *routev3.RouteConfiguration, typ, name, prefix string) {
+		for _, vh := range rc.GetVirtualHosts() {
+			for i, r := range vh.GetRoutes() {
+				a := r.GetRoute()
+				check := func(c string) {
+					if c != "" && s.Clusters[c] == nil {
+						out = append(out, Issue{Type: typ, Name: name, Reason: fmt.Sprintf("%svirtual host %q route %d (%q): cluster %q is not in the config: its requests are answered 503", prefix, vh.GetName(), i, r.GetName(), c)})
+					}
+				}
+				check(a.GetCluster())
+				for _, w := range a.GetWeightedClusters().GetClusters() {
+					check(w.GetName())
+				}
+			}
+		}
+	}
+	chain := func(n string, c *FilterChain) {
+		if c == nil || c.HTTP == nil {
+			return
+		}
+		if c.HTTP.Inline != nil {
+			routeClusters(c.HTTP.Inline, "listener", n, "filter chain "+c.Name+": inline route_config: ")
+			return
+		}
+		if s.Routes[c.HTTP.RouteName] == nil {
+			out = append(out, Issue{Type: "listener", Name: n, Reason: fmt.Sprintf("filter chain %s: route configuration %q is not in the config: its requests are answered 404", c.Name, c.HTTP.RouteName)})
+		}
+	}
+	for _, n := range listeners {
+		b := s.listeners[n]
+		if b == nil || b.lis == nil {
+			continue
+		}
+		for _, c := range b.lis.Chains {
+			chain(n, c)
+		}
+		chain(n, b.lis.Default)
+	}
+	for _, n := range slices.Sorted(maps.Keys(s.Routes)) {
+		routeClusters(s.Routes[n], "route", n, "")
+	}
 	return out
 }

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/meshlet/meshlet/internal/par"
 	"github.com/meshlet/meshlet/pkg/resources"
 )
 
@@ -584,12 +585,16 @@ func (c *Client) typeDone(url string) bool {
 	return true
 }
 
+// allowed reports whether url may be requested now. EDS names come from
+// the clusters and RDS names from the listeners, so those wait for their
+// parent type; CDS and LDS are requested together at once, so that the
+// control plane prepares the listeners while the clusters are decoded.
+// Nothing is applied before every type has arrived (settled), so the
+// order of requests never shows in the configuration in force.
 func (c *Client) allowed(url string) bool {
 	switch url {
 	case EndpointType:
 		return c.typeDone(ClusterType)
-	case ListenerType:
-		return c.typeDone(ClusterType) && c.typeDone(EndpointType)
 	case RouteType:
 		return c.typeDone(ListenerType)
 	}
@@ -636,7 +641,7 @@ func (c *Client) expire() bool {
 }
 
 // sync sends the subscription requests that the current state calls for,
-// in Envoy's order.
+// in Envoy's type order (CDS, EDS, LDS, RDS) as far as allowed permits.
 func (c *Client) sync(sc *streamCtx) error {
 	for _, u := range typeOrder {
 		if !c.allowed(u) {
@@ -806,19 +811,9 @@ func (c *Client) handle(ctx context.Context, sc *streamCtx, u *update) error {
 			known[e.sum] = e
 		}
 	}
+	results := decodeAll(u, known)
 	for i, a := range u.resources {
-		want := ""
-		if u.delta {
-			want = u.names[i]
-		}
-		var m proto.Message
-		var err error
-		sum := sumOf(a.GetValue())
-		if e := known[sum]; e != nil && a.GetTypeUrl() == u.url && (want == "" || want == ResourceName(e.msg)) {
-			m = e.msg
-		} else {
-			m, err = decodeResource(u.url, a, want, i)
-		}
+		m, err, sum := results[i].msg, results[i].err, results[i].sum
 		if err == nil {
 			if n := ResourceName(m); seenNames[n] {
 				err = &ResourceError{TypeURL: u.url, Name: n, Index: i, Err: errors.New("appears twice in the response")}
@@ -942,6 +937,37 @@ func (c *Client) handle(ctx context.Context, sc *streamCtx, u *update) error {
 	c.mu.Unlock()
 	log.Debug("xds: accepted", zap.Int("resources", len(decoded)), zap.Int("removed", len(u.removed)))
 	return c.sendAck(sc, ts, nil)
+}
+
+// decodedRes is one resource of a response after decodeAll.
+type decodedRes struct {
+	msg proto.Message
+	err error
+	sum rawSum
+}
+
+// decodeAll decodes and validates every resource of u, reusing the entries
+// in known (by content hash) for resources resent unchanged. Resources are
+// independent, so large responses (a full state at start-up) are decoded
+// on all CPUs (par.For); results keep the response's order.
+func decodeAll(u *update, known map[rawSum]*entry) []decodedRes {
+	out := make([]decodedRes, len(u.resources))
+	one := func(i int) {
+		a := u.resources[i]
+		want := ""
+		if u.delta {
+			want = u.names[i]
+		}
+		d := &out[i]
+		d.sum = sumOf(a.GetValue())
+		if e := known[d.sum]; e != nil && a.GetTypeUrl() == u.url && (want == "" || want == ResourceName(e.msg)) {
+			d.msg = e.msg
+			return
+		}
+		d.msg, d.err = decodeResource(u.url, a, want, i)
+	}
+	par.For(len(out), one)
+	return out
 }
 
 func (c *Client) nackUnknown(sc *streamCtx, u *update) error {

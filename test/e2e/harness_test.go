@@ -78,6 +78,8 @@ func runRole(role string, args []string) int {
 		err = roleXDSLoad(args)
 	case "xds-dial": // ADDR: print the name of the upstream that answered
 		err = roleXDSDial(args)
+	case "xds-http": // PROBES-JSON: GET each, print the answers (xds_istio_test.go)
+		err = roleXDSHTTP(args)
 	case "l7-http", "l7-split", "l7-raw", "l7-grpc", "l7-grpc-lat": // l7_roles_test.go
 		err = runL7Role(role, args)
 	default:
@@ -307,6 +309,25 @@ func (m *mesh) status() agent.Status {
 		m.t.Fatalf("decode status: %v", err)
 	}
 	return st
+}
+
+// adminGet fetches path from the agent's admin endpoint and returns the
+// body of a 200 answer.
+func (m *mesh) adminGet(path string) []byte {
+	m.t.Helper()
+	resp, err := m.http.Get("http://127.0.0.1:15000" + path)
+	if err != nil {
+		m.t.Fatalf("admin %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		m.t.Fatalf("admin %s: read: %v", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		m.t.Fatalf("admin %s: %s: %s", path, resp.Status, body)
+	}
+	return body
 }
 
 // listen opens a listener inside the sandbox netns (from the test process,

@@ -92,9 +92,16 @@ func TestBenchXDS(t *testing.T) {
 		if mode == "delta" {
 			args = append(args, "--delta")
 		}
+		var startProf chan struct{}
+		if dir := os.Getenv("MESHLET_BENCH_XDS_PROFILE"); dir != "" {
+			startProf = profileStart(t, m, filepath.Join(dir, "agent-cpu-start-"+mode+".pprof"))
+		}
 		start := time.Now()
 		m.start(xdsAgentConfig, args...)
 		r.ready = time.Since(start)
+		if startProf != nil {
+			<-startProf
+		}
 		ts := appliedTimes(t, m.log.String())
 		run := logTimes(t, m.log.String(), "node agent running")
 		if len(ts) == 0 || len(run) == 0 {
@@ -285,6 +292,33 @@ func procMem(t *testing.T, pid int) (hwm, rss int) {
 		}
 	}
 	return hwm, rss
+}
+
+// profileStart takes a 2 s CPU profile of the agent from the moment its
+// admin endpoint answers (the start-up: xDS transfer, translation, BPF
+// sync); the returned channel closes when the file is written.
+func profileStart(t *testing.T, m *mesh, file string) chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			resp, err := m.http.Get("http://127.0.0.1:15000/debug/pprof/profile?seconds=2")
+			if err != nil {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode == 200 {
+				err = os.WriteFile(file, body, 0o644)
+			}
+			t.Logf("start-up CPU profile %s: %v", file, err)
+			return
+		}
+		t.Errorf("start-up CPU profile: the admin endpoint never answered")
+	}()
+	return done
 }
 
 // saveProfile stores one pprof profile of the agent (go tool pprof FILE).

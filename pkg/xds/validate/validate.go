@@ -36,13 +36,11 @@ func check(m protoreflect.Message, depth int) error {
 	return walk(m, depth)
 }
 
-// walk recurses into populated message fields looking for Any payloads,
-// skipping fields whose type cannot hold one.
+// walk recurses into the populated fields of m that can hold an Any at
+// some depth (anyFields), skipping every other field without looking.
 func walk(m protoreflect.Message, depth int) error {
-	fields := m.Descriptor().Fields()
-	for i := 0; i < fields.Len(); i++ {
-		fd := fields.Get(i)
-		if !mayHoldAny(fd) || !m.Has(fd) {
+	for _, fd := range anyFields(m.Descriptor()) {
+		if !m.Has(fd) {
 			continue
 		}
 		v := m.Get(fd)
@@ -76,15 +74,34 @@ func walk(m protoreflect.Message, depth int) error {
 	return nil
 }
 
-// anyReach memoises, per message type, whether an Any can occur anywhere
-// below it. It only caches facts about immutable, linked-in descriptors.
-var anyReach sync.Map // protoreflect.FullName -> bool
+// fieldPlans memoises, per message type, its fields that can hold an Any
+// at any depth (anyFields). It only caches facts about immutable,
+// linked-in descriptors, so it is shared by the whole process.
+var fieldPlans sync.Map // protoreflect.FullName -> []protoreflect.FieldDescriptor
 
 const anyName protoreflect.FullName = "google.protobuf.Any"
 
+// anyFields returns the fields of md (message fields or maps of messages)
+// below which an Any can occur. Subtrees that cannot are never walked,
+// which is most of an endpoint assignment (addresses, health checks): one
+// lookup per message walked, none per field.
+func anyFields(md protoreflect.MessageDescriptor) []protoreflect.FieldDescriptor {
+	if v, ok := fieldPlans.Load(md.FullName()); ok {
+		return v.([]protoreflect.FieldDescriptor)
+	}
+	var plan []protoreflect.FieldDescriptor
+	fields := md.Fields()
+	for i := 0; i < fields.Len(); i++ {
+		if fd := fields.Get(i); mayHoldAny(fd) {
+			plan = append(plan, fd)
+		}
+	}
+	fieldPlans.Store(md.FullName(), plan)
+	return plan
+}
+
 // mayHoldAny reports whether a message field (or a map of messages) can
-// contain an Any at any depth. Subtrees that cannot are not walked, which is
-// most of an endpoint assignment (addresses, health checks).
+// contain an Any at any depth.
 func mayHoldAny(fd protoreflect.FieldDescriptor) bool {
 	if fd.IsMap() {
 		fd = fd.MapValue()
@@ -93,22 +110,21 @@ func mayHoldAny(fd protoreflect.FieldDescriptor) bool {
 	if md == nil {
 		return false
 	}
-	if v, ok := anyReach.Load(md.FullName()); ok {
-		return v.(bool)
-	}
-	found := false
 	seen := map[protoreflect.FullName]bool{md.FullName(): true}
 	queue := []protoreflect.MessageDescriptor{md}
-	for len(queue) > 0 && !found {
+	for len(queue) > 0 {
 		m := queue[0]
 		queue = queue[1:]
 		if m.FullName() == anyName {
-			found = true
-			break
+			return true
 		}
 		fields := m.Fields()
 		for i := 0; i < fields.Len(); i++ {
-			sub := fields.Get(i).Message()
+			f := fields.Get(i)
+			if f.IsMap() {
+				f = f.MapValue()
+			}
+			sub := f.Message()
 			if sub == nil || seen[sub.FullName()] {
 				continue
 			}
@@ -116,8 +132,7 @@ func mayHoldAny(fd protoreflect.FieldDescriptor) bool {
 			queue = append(queue, sub)
 		}
 	}
-	anyReach.Store(md.FullName(), found)
-	return found
+	return false
 }
 
 // fieldErr marks the end of a path: inner returns errors that read well after
