@@ -44,6 +44,10 @@ type Agent struct {
 	started   time.Time
 	proxyAddr netip.AddrPort
 	xds       *xds.Client
+	// dataReady closes once the proxy and the data path are in place: the
+	// xDS client starts fetching before (the BPF load and the first
+	// responses overlap), and its first apply waits for it.
+	dataReady chan struct{}
 }
 
 // Mode says how traffic reaches the proxy and why.
@@ -113,6 +117,33 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}
 	defer adminLis.Close()
 
+	// The config source starts first: fetching and decoding the first
+	// configuration overlaps with loading the BPF programs below.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.dataReady = make(chan struct{})
+	client, serveErr, err := a.startConfigSource(ctx)
+	if err != nil {
+		return err
+	}
+	a.xds = client
+	clientDone := make(chan error, 1)
+	go func() { clientDone <- client.Run(ctx) }()
+	// stopClient ends the client and waits for it: it runs before the data
+	// path is detached, so no apply can race with the detach.
+	stopClient := sync.OnceValue(func() error {
+		cancel()
+		if cerr := <-clientDone; cerr != nil {
+			return fmt.Errorf("xds client: %w", cerr)
+		}
+		return nil
+	})
+	defer func() {
+		if cerr := stopClient(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+
 	popts := proxy.Options{Log: a.log.Named("proxy"), Orig: noCapture{}}
 	if a.cfg.Proxy.AccessLog {
 		popts.AccessLog = a.log.Named("access")
@@ -131,6 +162,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			return err
 		}
 		defer func() {
+			if cerr := stopClient(); cerr != nil && err == nil {
+				err = cerr
+			}
 			if cerr := dp.Close(); cerr != nil {
 				err = errors.Join(err, cerr)
 			}
@@ -147,18 +181,12 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		a.log.Info("data path mode", zap.String("capture", a.mode.Capture), zap.String("acceleration", a.mode.Acceleration), zap.String("reason", why))
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	client, serveErr, err := a.startConfigSource(ctx)
-	if err != nil {
-		return err
-	}
-	a.xds = client
 	if a.cfg.XDS.OnDemand {
 		popts.OnDemand = client.WantCluster
 	}
 	a.proxy = proxy.New(popts)
 	a.started = time.Now()
+	close(a.dataReady)
 
 	srv := &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
@@ -168,8 +196,6 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}()
 	defer srv.Close()
 
-	clientDone := make(chan error, 1)
-	go func() { clientDone <- client.Run(ctx) }()
 	a.log.Info("node agent running", zap.Stringer("proxy", a.proxyAddr), zap.String("admin", a.cfg.Admin.Listen),
 		zap.String("xds_source", a.cfg.XDS.Source), zap.String("xds_address", a.xdsAddress()))
 
@@ -186,9 +212,6 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		}
 	case <-ctx.Done():
 		err = <-proxyDone
-	}
-	if cerr := <-clientDone; cerr != nil && err == nil {
-		err = fmt.Errorf("xds client: %w", cerr)
 	}
 	return err
 }
@@ -273,7 +296,12 @@ func (a *Agent) node() (*corev3.Node, error) {
 
 // applySet is the xDS Applier: a Set that does not translate is rejected
 // (the client NACKs it and the previous config stays in force).
-func (a *Agent) applySet(_ context.Context, set *resources.Set) error {
+func (a *Agent) applySet(ctx context.Context, set *resources.Set) error {
+	select {
+	case <-a.dataReady:
+	case <-ctx.Done():
+		return fmt.Errorf("not applied: %w", ctx.Err())
+	}
 	t0 := time.Now()
 	snap, err := state.Build(set, state.Options{ReservedPorts: a.reservedPorts(), Previous: a.proxy.Snapshot()})
 	if err != nil {
