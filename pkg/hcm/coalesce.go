@@ -1,7 +1,9 @@
 package hcm
 
 import (
+	"bufio"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -16,10 +18,17 @@ const coalesceLimit = 64 << 10
 // frame, then END_STREAM, each WINDOW_UPDATE), one write(2) each. Here a
 // Write only appends to a buffer and wakes a flusher goroutine, which
 // writes everything queued once it runs, that is when the writers have
-// nothing more to do right now. Write errors are sticky and reported by
-// the next Write.
+// nothing more to do right now: before taking the buffer it yields the
+// processor while the buffer keeps growing, so a response's HEADERS, DATA
+// and trailers, produced by a chain of goroutines (handler, server loop),
+// leave in one write instead of two or three. Write errors are sticky and
+// reported by the next Write.
+//
+// With readBuf, reads go through a buffer: x/net's server reads each frame
+// header and payload with its own read(2) otherwise.
 type coalescingConn struct {
 	net.Conn
+	br     *bufio.Reader // nil: unbuffered reads
 	mu     sync.Mutex
 	space  sync.Cond // signalled when the buffer drains or on error
 	buf    []byte
@@ -31,11 +40,30 @@ type coalescingConn struct {
 	closed sync.Once
 }
 
-func newCoalescingConn(c net.Conn) *coalescingConn {
+func newCoalescingConn(c net.Conn, readBuf bool) *coalescingConn {
 	cc := &coalescingConn{Conn: c, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	if readBuf {
+		cc.br = bufio.NewReaderSize(c, coalesceReadBuf)
+	}
 	cc.space.L = &cc.mu
 	go cc.flusher()
 	return cc
+}
+
+// coalesceReadBuf is the read buffer of a downstream HTTP/2 connection.
+const coalesceReadBuf = 16 << 10
+
+// maxYields bounds how often the flusher lets other goroutines add to the
+// buffer before it writes.
+const maxYields = 4
+
+// Read reads from the connection, through the read buffer if any. Only
+// one goroutine may read (the HTTP/2 server's or transport's frame reader).
+func (c *coalescingConn) Read(p []byte) (int, error) {
+	if c.br != nil {
+		return c.br.Read(p)
+	}
+	return c.Conn.Read(p)
 }
 
 func (c *coalescingConn) Write(p []byte) (int, error) {
@@ -66,6 +94,22 @@ func (c *coalescingConn) flusher() {
 		case <-c.kick:
 		case <-c.done:
 			return
+		}
+		// Let the goroutines that are runnable now (the handler finishing
+		// its response, the server loop framing trailers) add to the buffer
+		// before it leaves; stop once a yield adds nothing.
+		c.mu.Lock()
+		n := len(c.buf)
+		c.mu.Unlock()
+		for range maxYields {
+			runtime.Gosched()
+			c.mu.Lock()
+			m := len(c.buf)
+			c.mu.Unlock()
+			if m == n {
+				break
+			}
+			n = m
 		}
 		for {
 			c.mu.Lock()

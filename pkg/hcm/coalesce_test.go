@@ -37,7 +37,7 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 // before closing.
 func TestCoalescingConnDelivers(t *testing.T) {
 	a, b := tcpPair(t)
-	cc := newCoalescingConn(a)
+	cc := newCoalescingConn(a, false)
 	var want bytes.Buffer
 	got := make(chan []byte, 1)
 	go func() {
@@ -70,7 +70,7 @@ func TestCoalescingConnDelivers(t *testing.T) {
 func TestCoalescingConnBackpressure(t *testing.T) {
 	a, b := net.Pipe()
 	defer b.Close()
-	cc := newCoalescingConn(a)
+	cc := newCoalescingConn(a, false)
 	errc := make(chan error, 1)
 	go func() {
 		chunk := make([]byte, 16<<10)

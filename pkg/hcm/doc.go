@@ -14,21 +14,30 @@
 //     take (Upgrade, Expect, Transfer-Encoding, absolute-form target, an
 //     oversized or malformed head, ...) hands the connection, unconsumed
 //     bytes included, to a net/http server, which keeps it.
+//     The head parser is strict and fuzzed against net/http; headers are
+//     slices of one string per head. The request's context (one per
+//     request, cancelled by the watcher) is also the proxy stream's.
 //   - h2c goes to golang.org/x/net/http2's server over a connection whose
-//     writes are coalesced (coalesce.go).
+//     reads are buffered (x/net reads each frame header and payload with
+//     its own read otherwise) and whose writes are coalesced (coalesce.go):
+//     a response's HEADERS, DATA and trailers leave in one write.
 //
 // Upstream, HTTP/1.1 requests with a known body of at most 64 KiB use a
-// synchronous client (h1client.go: one write per request, response parsed
-// on the caller's goroutine, stale pooled connections retried once);
-// others use net/http's Transport, and HTTP/2 uses x/net's Transport,
-// again over write-coalescing connections.
+// synchronous client (h1client.go: one write per request, response read
+// on the caller's goroutine, stale pooled connections retried once). Its
+// own response-head parser takes the common case (HTTP/1.1, one
+// Content-Length, no Transfer-Encoding, not HEAD/1xx/204/304; fuzzed
+// against net/http) and leaves everything else, unconsumed, to
+// net/http.ReadResponse. Other requests use net/http's Transport, and
+// HTTP/2 uses x/net's Transport, again over write-coalescing connections.
 //
 // For each request the handler takes one consistent snapshot of the route
 // configuration (inline, or RDS through RouteSource; compiled forms are
 // cached per proto pointer), selects a virtual host by domain and a route
 // by path/header/query match, applies the route's action (cluster, weighted
 // clusters, direct_response, redirect), header mutations, host and path
-// rewrites and timeouts, then forwards over the shared upstream Pools:
+// rewrites and timeouts (the route timeout and stream idle timeout share
+// one timer per stream), then forwards over the shared upstream Pools:
 // per-cluster HTTP/1.1 keep-alive pools and multiplexed HTTP/2 (h2c)
 // pools, each keyed by endpoint address. Request and response bodies are
 // streamed (never buffered whole); trailers, gRPC status and grpc-timeout

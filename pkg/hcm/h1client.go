@@ -2,13 +2,16 @@ package hcm
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -201,8 +204,11 @@ func writeHead(bw *bufio.Writer, req *http.Request, body []byte) error {
 }
 
 // roundTrip sends req (fastClientOK) to req.URL.Host and returns the
-// response; its Body returns the connection to the pool at EOF.
-func (hp *h1Pool) roundTrip(req *http.Request) (*http.Response, error) {
+// response; its Body returns the connection to the pool at EOF. The
+// connection's I/O fails at once when req is cancelled: through rc when
+// given (all of req's cancellations that matter go through it), else
+// through req's context.
+func (hp *h1Pool) roundTrip(req *http.Request, rc *reqCancel) (*http.Response, error) {
 	ctx := req.Context()
 	var body []byte
 	if req.ContentLength > 0 {
@@ -222,26 +228,41 @@ func (hp *h1Pool) roundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		stop := context.AfterFunc(ctx, func() { _ = u.c.SetDeadline(aLongTimeAgo) })
+		var stop func() bool
+		if rc != nil {
+			if !rc.watch(u.c) {
+				_ = u.c.SetDeadline(aLongTimeAgo)
+			}
+			stop = nil // upBody calls rc.stop
+		} else {
+			stop = context.AfterFunc(ctx, func() { _ = u.c.SetDeadline(aLongTimeAgo) })
+		}
 		u.nread = 0
 		err = writeHead(u.bw, req, body)
 		if err == nil {
 			err = u.bw.Flush()
 		}
 		var resp *http.Response
+		var left int64 = -1
 		if err == nil {
-			for {
+			resp, left = readFastResponse(u.br, req)
+			for resp == nil {
 				resp, err = http.ReadResponse(u.br, req)
 				if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 					break
 				}
+				resp = nil
 			}
 			if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
 				err = errors.New("upstream answered 101 to a request without Upgrade")
 			}
 		}
 		if err != nil {
-			stop()
+			if rc != nil {
+				rc.stop()
+			} else {
+				stop()
+			}
 			u.c.Close()
 			// A pooled connection the upstream closed while idle: nothing of
 			// a response came back, so the request can go on a new one.
@@ -250,21 +271,30 @@ func (hp *h1Pool) roundTrip(req *http.Request) (*http.Response, error) {
 			}
 			return nil, err
 		}
+		if left >= 0 {
+			// Parsed here: the body is the next left bytes of u.br.
+			resp.Body = &upBody{u: u, hp: hp, addr: addr, stop: stop, rc: rc, left: left, reusable: !resp.Close}
+			return resp, nil
+		}
 		chunked := len(resp.TransferEncoding) > 0 && resp.TransferEncoding[0] == "chunked"
-		resp.Body = &upBody{rc: resp.Body, u: u, hp: hp, addr: addr, stop: stop,
+		resp.Body = &upBody{body: resp.Body, u: u, hp: hp, addr: addr, stop: stop, rc: rc,
 			reusable: !resp.Close && (resp.ContentLength >= 0 || chunked || resp.Body == http.NoBody)}
 		return resp, nil
 	}
 }
 
 // upBody is an upstream response body; at EOF (framing intact) Close
-// returns the connection to the pool, otherwise it closes it.
+// returns the connection to the pool, otherwise it closes it. body is
+// net/http's body reader, or nil when readFastResponse parsed the head:
+// then the body is the next left bytes of the connection's reader.
 type upBody struct {
-	rc       io.ReadCloser
+	body     io.ReadCloser
+	left     int64
 	u        *upConn
 	hp       *h1Pool
 	addr     string
-	stop     func() bool
+	stop     func() bool // context.AfterFunc's stop, or nil with rc
+	rc       *reqCancel
 	reusable bool
 	eof, bad bool
 	done     bool
@@ -274,7 +304,10 @@ func (b *upBody) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, http.ErrBodyReadAfterClose
 	}
-	n, err := b.rc.Read(p)
+	if b.body == nil {
+		return b.readFast(p)
+	}
+	n, err := b.body.Read(p)
 	if err == io.EOF {
 		b.eof = true
 	} else if err != nil {
@@ -288,11 +321,184 @@ func (b *upBody) Close() error {
 		return nil
 	}
 	b.done = true
-	stopped := b.stop()
+	var stopped bool
+	if b.rc != nil {
+		stopped = b.rc.stop()
+	} else {
+		stopped = b.stop()
+	}
 	if b.eof && !b.bad && b.reusable && stopped {
-		_ = b.rc.Close()
+		if b.body != nil {
+			_ = b.body.Close()
+		}
 		b.hp.put(b.addr, b.u)
 		return nil
 	}
 	return b.u.c.Close()
+}
+
+// readFast reads a Content-Length body; the last bytes come with io.EOF.
+func (b *upBody) readFast(p []byte) (int, error) {
+	if b.left == 0 {
+		b.eof = true
+		return 0, io.EOF
+	}
+	if b.bad {
+		return 0, io.ErrUnexpectedEOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.u.br.Read(p)
+	b.left -= int64(n)
+	if b.left == 0 {
+		b.eof = true
+		return n, io.EOF
+	}
+	if err != nil {
+		b.bad = true
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+	}
+	return n, err
+}
+
+// readFastResponse parses the common upstream response itself: HTTP/1.1,
+// final status other than 204 and 304, one Content-Length, no
+// Transfer-Encoding, Trailer or Pragma, a head within the reader's buffer
+// with CRLF line ends, and a request that is not HEAD. It returns the
+// response with the body length, or nil with br untouched (nothing
+// consumed) so that net/http.ReadResponse reads the same bytes and keeps
+// its semantics for everything else. A read error also returns nil: the
+// error is net/http's to report.
+func readFastResponse(br *bufio.Reader, req *http.Request) (*http.Response, int64) {
+	if req.Method == http.MethodHead {
+		return nil, -1
+	}
+	head := peekHead(br)
+	if head == nil {
+		return nil, -1
+	}
+	resp, n, ok := parseResponseHead(head)
+	if !ok {
+		return nil, -1
+	}
+	_, _ = br.Discard(len(head))
+	resp.Request = req
+	return resp, n
+}
+
+// peekHead returns the buffered response head through its blank line,
+// reading more as needed, or nil (head larger than the buffer, bare LF
+// line ends, read error).
+func peekHead(br *bufio.Reader) []byte {
+	n := br.Buffered()
+	for {
+		b, _ := br.Peek(n)
+		if i := bytes.Index(b, crlfcrlf); i >= 0 {
+			return b[:i+4]
+		}
+		if n >= br.Size() || bytes.Contains(b, lflf) {
+			return nil
+		}
+		if _, err := br.Peek(n + 1); err != nil {
+			return nil
+		}
+		n = br.Buffered()
+	}
+}
+
+var (
+	crlfcrlf = []byte("\r\n\r\n")
+	lflf     = []byte("\n\n")
+)
+
+// parseResponseHead decodes a complete response head (see
+// readFastResponse for what it takes); ok=false means "not ours".
+func parseResponseHead(head []byte) (*http.Response, int64, bool) {
+	// One string for the whole head: every key and value is a slice of it.
+	hs := string(head[:len(head)-4])
+	line, rest, _ := strings.Cut(hs, "\r\n")
+	if len(line) < 12 || line[:9] != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') {
+		return nil, 0, false
+	}
+	code := 0
+	for i := 9; i < 12; i++ {
+		c := line[i]
+		if c < '0' || c > '9' {
+			return nil, 0, false
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code < 200 || code == 204 || code == 304 {
+		return nil, 0, false
+	}
+	for i := 12; i < len(line); i++ {
+		if c := line[i]; (c < ' ' && c != '\t') || c == 0x7f {
+			return nil, 0, false
+		}
+	}
+	nh := 0
+	if rest != "" {
+		nh = strings.Count(rest, "\r\n") + 1
+	}
+	h := make(http.Header, nh)
+	vals := make([]string, nh) // backing store: one []string per header, cap 1
+	cl := int64(-1)
+	for i := 0; rest != ""; i++ {
+		var l string
+		l, rest, _ = strings.Cut(rest, "\r\n")
+		colon := strings.IndexByte(l, ':')
+		if colon <= 0 {
+			return nil, 0, false
+		}
+		k := l[:colon]
+		for j := 0; j < len(k); j++ {
+			if !httpguts.IsTokenRune(rune(k[j])) {
+				return nil, 0, false
+			}
+		}
+		v := strings.Trim(l[colon+1:], " \t")
+		for j := 0; j < len(v); j++ {
+			if c := v[j]; (c < ' ' && c != '\t') || c == 0x7f {
+				return nil, 0, false
+			}
+		}
+		k = textproto.CanonicalMIMEHeaderKey(k) // no allocation when already canonical
+		switch k {
+		case "Transfer-Encoding", "Trailer", "Pragma":
+			return nil, 0, false
+		case "Content-Length":
+			if cl >= 0 || len(v) == 0 || len(v) > 18 {
+				return nil, 0, false
+			}
+			cl = 0
+			for j := 0; j < len(v); j++ {
+				c := v[j]
+				if c < '0' || c > '9' {
+					return nil, 0, false
+				}
+				cl = cl*10 + int64(c-'0')
+			}
+		}
+		if vv, ok := h[k]; ok {
+			h[k] = append(vv, v)
+		} else {
+			vals[i] = v
+			h[k] = vals[i : i+1 : i+1]
+		}
+	}
+	if cl < 0 {
+		return nil, 0, false // delimited by close: net/http's case
+	}
+	resp := &http.Response{
+		Status: line[9:], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, ContentLength: cl,
+	}
+	if httpguts.HeaderValuesContainsToken(h["Connection"], "close") {
+		resp.Close = true
+		delete(h, "Connection") // as net/http does
+	}
+	return resp, cl, true
 }

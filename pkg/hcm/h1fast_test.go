@@ -361,3 +361,66 @@ func TestFastPathConnectionCloseHeader(t *testing.T) {
 		t.Fatalf("response to a Connection: close request lacks Connection: close (header %v)", resp.Header)
 	}
 }
+
+// FuzzParseResponseHead: whatever the upstream response parser accepts,
+// net/http reads the same way (status, headers, length, close, body).
+func FuzzParseResponseHead(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello",
+		"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+		"HTTP/1.1 200\r\nx-a:  1 \r\nX-A: 2\r\ncontent-length: 007\r\n\r\n1234567",
+		"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n folded\r\n\r\nab",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: a\x7fb\r\n\r\nab",
+		"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nab",
+		"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		req := &http.Request{Method: "GET"}
+		br := bufio.NewReaderSize(strings.NewReader(s), 512)
+		resp, n := readFastResponse(br, req)
+		if resp == nil {
+			// Nothing consumed: net/http sees every byte.
+			if br.Buffered() > 0 {
+				if b, _ := br.Peek(br.Buffered()); !strings.HasPrefix(s, string(b)) {
+					t.Fatalf("%q: fallback lost bytes", s)
+				}
+			}
+			return
+		}
+		body := &upBody{u: &upConn{br: br}, left: n}
+		got, gerr := io.ReadAll(readerOnly{body})
+		want, err := http.ReadResponse(bufio.NewReader(strings.NewReader(s)), req)
+		if err != nil {
+			t.Fatalf("fast parser accepted %q, net/http: %v", s, err)
+		}
+		wb, werr := io.ReadAll(want.Body)
+		if resp.StatusCode != want.StatusCode || resp.Status != want.Status || resp.ContentLength != want.ContentLength || resp.Close != want.Close {
+			t.Fatalf("%q: fast %d %q len %d close %v; net/http %d %q len %d close %v", s, resp.StatusCode, resp.Status,
+				resp.ContentLength, resp.Close, want.StatusCode, want.Status, want.ContentLength, want.Close)
+		}
+		if len(resp.Header) != len(want.Header) {
+			t.Fatalf("%q: headers %v vs %v", s, resp.Header, want.Header)
+		}
+		for k, vv := range want.Header {
+			if g := resp.Header[k]; strings.Join(g, "\x00") != strings.Join(vv, "\x00") {
+				t.Fatalf("%q: header %s = %q, net/http %q", s, k, g, vv)
+			}
+			for _, v := range vv {
+				if !httpguts.ValidHeaderFieldValue(v) {
+					t.Fatalf("%q: accepted invalid value %q", s, v)
+				}
+			}
+		}
+		if string(got) != string(wb) || (gerr == nil) != (werr == nil) {
+			t.Fatalf("%q: body %q (%v), net/http %q (%v)", s, got, gerr, wb, werr)
+		}
+	})
+}
+
+// readerOnly hides everything but Read (io.ReadAll on the bare body).
+type readerOnly struct{ io.Reader }

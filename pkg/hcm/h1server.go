@@ -12,6 +12,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,7 +89,7 @@ type fastConn struct {
 	inHandler bool
 	watching  bool
 	watchDone chan struct{}
-	reqCancel context.CancelFunc
+	reqCancel context.CancelCauseFunc // the running request's reqCancel.fire
 	watchT    *time.Timer
 	aborting  atomic.Bool
 	broken    bool // framing lost or write failed: close after the response
@@ -182,14 +183,23 @@ func (p *prefixConn) Read(b []byte) (int, error) {
 func (c *fastConn) loop() error {
 	m := c.m
 	hto, idle := m.h1.ReadHeaderTimeout, m.h1.IdleTimeout
+	// dl: a read deadline is set on c.raw. Each deadline change costs a
+	// runtime timer update, so a request whose head is complete in the
+	// buffer gets no header deadline, and a deadline is cleared only
+	// before something reads the connection while a request runs (its
+	// body here, the watcher in startWatch).
+	dl := false
 	for first := true; ; first = false {
 		switch {
 		case first && hto > 0:
 			_ = c.raw.SetReadDeadline(time.Now().Add(hto))
+			dl = true
 		case !first && idle > 0:
 			_ = c.raw.SetReadDeadline(time.Now().Add(idle))
-		case !first:
+			dl = true
+		case dl:
 			_ = c.raw.SetReadDeadline(time.Time{})
+			dl = false
 		}
 		if _, err := c.br.Peek(1); err != nil {
 			return nil
@@ -198,7 +208,10 @@ func (c *fastConn) loop() error {
 			return nil
 		}
 		if !first && hto > 0 && c.br.Buffered() < fastBufSize {
-			_ = c.raw.SetReadDeadline(time.Now().Add(hto))
+			if b, _ := c.br.Peek(c.br.Buffered()); !bytes.Contains(b, crlfcrlf) {
+				_ = c.raw.SetReadDeadline(time.Now().Add(hto))
+				dl = true
+			}
 		}
 		head, err := c.readHead()
 		if err != nil {
@@ -209,8 +222,11 @@ func (c *fastConn) loop() error {
 			return errHandOff
 		}
 		_, _ = c.br.Discard(len(head))
-		_ = c.raw.SetReadDeadline(time.Time{})
-		keep := c.serveOne(req)
+		if dl && req.ContentLength > 0 {
+			_ = c.raw.SetReadDeadline(time.Time{})
+			dl = false
+		}
+		keep := c.serveOne(&req)
 		if !keep {
 			return nil
 		}
@@ -256,87 +272,103 @@ func (c *fastConn) readHead() ([]byte, error) {
 var commonMethods = map[string]string{"GET": "GET", "POST": "POST", "PUT": "PUT", "DELETE": "DELETE", "HEAD": "HEAD", "PATCH": "PATCH", "OPTIONS": "OPTIONS"}
 
 // parse decodes a request head strictly; ok=false means "let net/http do it".
-func (c *fastConn) parse(head []byte) (*http.Request, bool) {
-	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
-	method, rl, ok := bytes.Cut(line, []byte(" "))
+// The request is returned by value: serveOne's WithContext makes the one
+// heap copy.
+func (c *fastConn) parse(head []byte) (http.Request, bool) {
+	// One string for the whole head: target, keys and values are slices
+	// of it, and each header's []string (cap 1) a slice of one array.
+	hs := string(head)
+	line, rest, _ := strings.Cut(hs, "\r\n")
+	method, rl, ok := strings.Cut(line, " ")
 	if !ok || len(method) == 0 {
-		return nil, false
+		return http.Request{}, false
 	}
-	target, proto, ok := bytes.Cut(rl, []byte(" "))
-	if !ok || string(proto) != "HTTP/1.1" || len(target) == 0 || target[0] != '/' {
-		return nil, false
+	target, proto, ok := strings.Cut(rl, " ")
+	if !ok || proto != "HTTP/1.1" || len(target) == 0 || target[0] != '/' {
+		return http.Request{}, false
 	}
-	for _, b := range method {
-		if !httpguts.IsTokenRune(rune(b)) {
-			return nil, false
+	for i := 0; i < len(method); i++ {
+		if !httpguts.IsTokenRune(rune(method[i])) {
+			return http.Request{}, false
 		}
 	}
-	for _, b := range target {
-		if b <= ' ' || b >= 0x7f {
-			return nil, false
+	for i := 0; i < len(target); i++ {
+		if b := target[i]; b <= ' ' || b >= 0x7f {
+			return http.Request{}, false
 		}
 	}
-	ms, ok := commonMethods[string(method)]
+	ms, ok := commonMethods[method]
 	if !ok {
-		ms = string(method)
+		ms = method
 		if ms == "CONNECT" || ms == "PRI" {
-			return nil, false
+			return http.Request{}, false
 		}
 	}
-	ts := string(target)
+	ts := target
 	u, err := url.ParseRequestURI(ts)
 	if err != nil {
-		return nil, false
+		return http.Request{}, false
 	}
-	h := make(http.Header, 8)
-	for len(rest) > 2 {
-		var l []byte
-		l, rest, _ = bytes.Cut(rest, []byte("\r\n"))
-		colon := bytes.IndexByte(l, ':')
+	rest = rest[:max(len(rest)-4, 0)] // without the blank line's CRLFs
+	nh := 0
+	if rest != "" {
+		nh = strings.Count(rest, "\r\n") + 1
+	}
+	h := make(http.Header, nh+4) // room for the headers the proxy adds
+	vals := make([]string, nh)
+	for i := 0; rest != ""; i++ {
+		var l string
+		l, rest, _ = strings.Cut(rest, "\r\n")
+		colon := strings.IndexByte(l, ':')
 		if colon <= 0 {
-			return nil, false
+			return http.Request{}, false
 		}
-		for _, b := range l[:colon] {
-			if !httpguts.IsTokenRune(rune(b)) {
-				return nil, false
+		for j := 0; j < colon; j++ {
+			if !httpguts.IsTokenRune(rune(l[j])) {
+				return http.Request{}, false
 			}
 		}
-		v := bytes.Trim(l[colon+1:], " \t")
-		for _, b := range v {
-			if (b < ' ' && b != '\t') || b == 0x7f {
-				return nil, false
+		v := strings.Trim(l[colon+1:], " \t")
+		for j := 0; j < len(v); j++ {
+			if b := v[j]; (b < ' ' && b != '\t') || b == 0x7f {
+				return http.Request{}, false
 			}
 		}
-		k := textproto.CanonicalMIMEHeaderKey(string(l[:colon]))
-		h[k] = append(h[k], string(v))
+		k := textproto.CanonicalMIMEHeaderKey(l[:colon]) // no allocation when already canonical
+		if vv, ok := h[k]; ok {
+			h[k] = append(vv, v)
+		} else {
+			vals[i] = v
+			h[k] = vals[i : i+1 : i+1]
+		}
 	}
 	hv := h["Host"]
 	if len(hv) != 1 || !httpguts.ValidHostHeader(hv[0]) {
-		return nil, false
+		return http.Request{}, false
 	}
 	if _, bad := h["Transfer-Encoding"]; bad {
-		return nil, false
+		return http.Request{}, false
 	}
 	if _, bad := h["Expect"]; bad {
-		return nil, false
+		return http.Request{}, false
 	}
 	if _, bad := h["Upgrade"]; bad {
-		return nil, false
+		return http.Request{}, false
 	}
 	var cl int64
 	if v, ok := h["Content-Length"]; ok {
 		if len(v) != 1 || len(v[0]) == 0 || len(v[0]) > 15 {
-			return nil, false
+			return http.Request{}, false
 		}
 		for _, b := range []byte(v[0]) {
 			if b < '0' || b > '9' {
-				return nil, false
+				return http.Request{}, false
 			}
 			cl = cl*10 + int64(b-'0')
 		}
 	}
 	delete(h, "Host")
-	r := &http.Request{
+	r := http.Request{
 		Method: ms, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h, Host: hv[0],
 		RequestURI: ts, ContentLength: cl, Close: headerHasToken(h["Connection"], "close"),
 		RemoteAddr: c.remote, Body: http.NoBody,
@@ -347,9 +379,14 @@ func (c *fastConn) parse(head []byte) (*http.Request, bool) {
 // serveOne runs the handler for one request and reports whether the
 // connection stays open.
 func (c *fastConn) serveOne(req *http.Request) (keep bool) {
-	ctx, cancel := context.WithCancel(c.ctx)
-	defer cancel()
+	// The request's one cancellable context: the stream (proxy.go) uses
+	// it and its cancel as its own rather than deriving another.
+	ctx, cancel := context.WithCancelCause(c.ctx)
+	defer cancel(context.Canceled)
 	req = req.WithContext(ctx)
+	rc := &reqCancel{cancel: cancel}
+	c.rw.rc = rc
+	c.rw.cancel = rc.fire
 	c.body.reset(req.ContentLength)
 	if req.ContentLength > 0 {
 		req.Body = &c.body
@@ -362,7 +399,7 @@ func (c *fastConn) serveOne(req *http.Request) (keep bool) {
 		c.rw.closeAfter = true
 	}
 	c.mu.Lock()
-	c.inHandler, c.reqCancel, c.broken = true, cancel, false
+	c.inHandler, c.reqCancel, c.broken = true, c.rw.cancel, false
 	c.mu.Unlock()
 	c.watchT.Reset(watchDelay)
 
@@ -410,6 +447,51 @@ func (c *fastConn) serveOne(req *http.Request) (keep bool) {
 	return !c.rw.closeAfter
 }
 
+// reqCancel cancels a fast-path request: its context, and the one
+// upstream connection the synchronous client (h1client.go) is using for
+// it, whose I/O then fails at once. This spares that client a
+// context.AfterFunc registration per request. Only cancellation through
+// fire interrupts the upstream connection: the connection's own context
+// ending closes the downstream connection, which the watcher then sees.
+type reqCancel struct {
+	cancel context.CancelCauseFunc
+	mu     sync.Mutex
+	conn   net.Conn // upstream connection in use, nil when none
+	fired  bool
+}
+
+// fire cancels the request with cause.
+func (rc *reqCancel) fire(cause error) {
+	rc.cancel(cause)
+	rc.mu.Lock()
+	c := rc.conn
+	rc.conn, rc.fired = nil, true
+	rc.mu.Unlock()
+	if c != nil {
+		_ = c.SetDeadline(aLongTimeAgo)
+	}
+}
+
+// watch registers the upstream connection; false: already cancelled.
+func (rc *reqCancel) watch(c net.Conn) bool {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.fired {
+		return false
+	}
+	rc.conn = c
+	return true
+}
+
+// stop unregisters the connection and reports whether the request was
+// not cancelled through fire meanwhile (the connection is unharmed).
+func (rc *reqCancel) stop() bool {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.conn = nil
+	return !rc.fired
+}
+
 func (c *fastConn) startWatch() {
 	if !c.mu.TryLock() {
 		c.watchT.Reset(watchDelay)
@@ -429,12 +511,14 @@ func (c *fastConn) startWatch() {
 	}
 	c.watching = true
 	c.watchDone = make(chan struct{})
+	// The loop may have left a header or idle deadline on the connection.
+	_ = c.raw.SetReadDeadline(time.Time{})
 	go c.watch(c.reqCancel, c.watchDone)
 }
 
 // watch reads the client connection while a slow request runs: EOF or an
 // error means the client left, which cancels the request.
-func (c *fastConn) watch(cancel context.CancelFunc, done chan struct{}) {
+func (c *fastConn) watch(cancel context.CancelCauseFunc, done chan struct{}) {
 	defer close(done)
 	var b [1]byte
 	n, err := c.raw.Read(b[:])
@@ -443,7 +527,7 @@ func (c *fastConn) watch(cancel context.CancelFunc, done chan struct{}) {
 		return
 	}
 	if err != nil && !c.aborting.Load() {
-		cancel()
+		cancel(context.Canceled)
 	}
 }
 
@@ -512,6 +596,8 @@ func (b *fastBody) Close() error { return nil }
 type fastRW struct {
 	c          *fastConn
 	req        *http.Request
+	cancel     context.CancelCauseFunc // cancels req's context: rc.fire
+	rc         *reqCancel
 	h          http.Header
 	code       int
 	wroteHead  bool // WriteHeader called

@@ -204,9 +204,10 @@ func New(cfg *hcmv3.HttpConnectionManager, routes RouteSource, up Upstreams, opt
 
 // connInfo is what a request learns about its downstream connection.
 type connInfo struct {
-	orig   netip.AddrPort
-	remote netip.AddrPort
-	h2     bool
+	orig     netip.AddrPort
+	remote   netip.AddrPort
+	remoteIP string // remote's address for X-Forwarded-For (set when used)
+	h2       bool
 }
 
 type connInfoKey struct{}
@@ -235,6 +236,9 @@ func (m *Manager) ServeConn(ctx context.Context, c net.Conn, proto sniff.Protoco
 	sc.info.orig = orig
 	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
 		sc.info.remote = ap
+		if m.useRemoteAddr {
+			sc.info.remoteIP = ap.Addr().Unmap().String()
+		}
 	}
 	stop := context.AfterFunc(ctx, func() { sc.Close() })
 	defer stop()
@@ -243,7 +247,7 @@ func (m *Manager) ServeConn(ctx context.Context, c net.Conn, proto sniff.Protoco
 		sc.info.h2 = true
 		// x/net's server flushes per frame batch; coalesce what it writes
 		// while the handlers are busy into one write.
-		sc.Conn = newCoalescingConn(c)
+		sc.Conn = newCoalescingConn(c, true)
 		m.h2.ServeConn(sc, &http2.ServeConnOpts{
 			Context:    context.WithValue(ctx, connInfoKey{}, &sc.info),
 			BaseConfig: m.h1,

@@ -43,11 +43,32 @@ type stream struct {
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+	rc     *reqCancel   // fast path only: cancel is rc.fire
 	last   atomic.Int64 // monotonic ns since start of the latest activity
-	idle   time.Duration
-	timers [3]*time.Timer
-	nt     int
-	idleT  atomic.Pointer[time.Timer]
+	// One timer serves the route timeout (deadline, since start) and the
+	// stream idle timeout (idle, since last activity); 0 disables either.
+	idle     time.Duration
+	deadline time.Duration
+	t        atomic.Pointer[time.Timer]
+	reqT     *time.Timer // HCM request_timeout, while a body is read
+	// hv backs the one-value header slices the proxy adds, saving an
+	// allocation each (see one).
+	hv [4]string
+}
+
+// Indices into stream.hv.
+const (
+	hvRequestID = iota
+	hvXFF
+	hvXFP
+	hvServiceTime
+)
+
+// one returns a header value slice of v (len and cap 1, so an append by a
+// later header operation copies) backed by the stream.
+func (s *stream) one(i int, v string) []string {
+	s.hv[i] = v
+	return s.hv[i : i+1 : i+1]
 }
 
 func (s *stream) addFlag(f string) {
@@ -74,23 +95,40 @@ func (s *stream) abort(cause error) {
 	}
 }
 
-func (s *stream) after(d time.Duration, f func()) {
-	s.timers[s.nt] = time.AfterFunc(d, f)
-	s.nt++
+// armTimer starts the stream's timer for the earlier of its route
+// deadline and idle timeout (at least one is set).
+func (s *stream) armTimer() {
+	d := s.deadline
+	if d == 0 || (s.idle > 0 && s.idle < d) {
+		d = s.idle
+	}
+	s.t.Store(time.AfterFunc(d, s.checkTimer))
 }
 
-func (s *stream) armIdle() {
-	s.idleT.Store(time.AfterFunc(s.idle, s.checkIdle))
-}
-
-func (s *stream) checkIdle() {
-	quiet := time.Since(s.start) - time.Duration(s.last.Load())
-	if quiet >= s.idle {
-		s.abort(errStreamIdle)
+// checkTimer cuts the stream whose deadline passed or that was quiet for
+// its idle timeout, or re-arms the timer for whichever comes next.
+func (s *stream) checkTimer() {
+	now := time.Since(s.start)
+	if s.deadline > 0 && now >= s.deadline {
+		s.abort(errRouteTimeout)
 		return
 	}
+	next := time.Duration(-1)
+	if s.deadline > 0 {
+		next = s.deadline - now
+	}
+	if s.idle > 0 {
+		quiet := now - time.Duration(s.last.Load())
+		if quiet >= s.idle {
+			s.abort(errStreamIdle)
+			return
+		}
+		if next < 0 || s.idle-quiet < next {
+			next = s.idle - quiet
+		}
+	}
 	if s.ctx.Err() == nil {
-		s.idleT.Store(time.AfterFunc(s.idle-quiet, s.checkIdle))
+		s.t.Store(time.AfterFunc(next, s.checkTimer))
 	}
 }
 
@@ -113,10 +151,10 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *stream) finish() {
-	for i := range s.nt {
-		s.timers[i].Stop()
+	if s.reqT != nil {
+		s.reqT.Stop()
 	}
-	if t := s.idleT.Load(); t != nil {
+	if t := s.t.Load(); t != nil {
 		t.Stop()
 	}
 	if s.cancel != nil {
@@ -179,7 +217,7 @@ func (m *Manager) serve1(s *stream) {
 	rid := r.Header.Get("X-Request-Id")
 	if rid == "" && m.genRequestID {
 		rid = newUUID()
-		r.Header["X-Request-Id"] = []string{rid}
+		r.Header["X-Request-Id"] = s.one(hvRequestID, rid)
 	}
 	s.e.RequestID = rid
 	switch rt.action {
@@ -208,16 +246,19 @@ func (m *Manager) serve1(s *stream) {
 	stripHopByHop(r.Header, upgrade != "")
 	if m.useRemoteAddr {
 		if !m.skipXFFAppend && s.info.remote.IsValid() {
-			ip := s.info.remote.Addr().Unmap().String()
+			ip := s.info.remoteIP
+			if ip == "" {
+				ip = s.info.remote.Addr().Unmap().String()
+			}
 			if prior, ok := r.Header["X-Forwarded-For"]; ok && len(prior) > 0 {
-				r.Header["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + ip}
+				r.Header["X-Forwarded-For"] = s.one(hvXFF, strings.Join(prior, ", ")+", "+ip)
 			} else {
-				r.Header["X-Forwarded-For"] = []string{ip}
+				r.Header["X-Forwarded-For"] = s.one(hvXFF, ip)
 			}
 		}
-		r.Header["X-Forwarded-Proto"] = []string{"http"}
+		r.Header["X-Forwarded-Proto"] = s.one(hvXFP, "http")
 	} else if _, ok := r.Header["X-Forwarded-Proto"]; !ok {
-		r.Header["X-Forwarded-Proto"] = []string{"http"}
+		r.Header["X-Forwarded-Proto"] = s.one(hvXFP, "http")
 	}
 	if _, ok := r.Header["User-Agent"]; !ok {
 		r.Header["User-Agent"] = []string{""} // keep Go's transports from adding theirs
@@ -250,7 +291,13 @@ func (m *Manager) serve1(s *stream) {
 			timeout = gt
 		}
 	}
-	s.ctx, s.cancel = context.WithCancelCause(r.Context())
+	if fw, ok := s.w.(*fastRW); ok && fw.cancel != nil {
+		// HTTP/1.1 fast path: the request context is already this
+		// stream's own (h1server.go), no need for a child.
+		s.ctx, s.cancel, s.rc = r.Context(), fw.cancel, fw.rc
+	} else {
+		s.ctx, s.cancel = context.WithCancelCause(r.Context())
+	}
 	s.idle = m.streamIdle
 	if rt.idleTimeout >= 0 {
 		s.idle = rt.idleTimeout
@@ -260,25 +307,28 @@ func (m *Manager) serve1(s *stream) {
 		s.body = &reqBody{rc: r.Body, s: s, limit: m.maxBodyBytes}
 		body = s.body
 		if m.requestTimeout > 0 {
-			s.after(m.requestTimeout, func() {
+			s.reqT = time.AfterFunc(m.requestTimeout, func() {
 				if !s.body.eof.Load() {
 					s.abort(errRequestTimeout)
 				}
 			})
 		}
 	}
-	if s.idle > 0 && upgrade == "" { // upgraded streams live until either side closes
-		s.armIdle()
-	}
-	if timeout > 0 && upgrade == "" {
-		s.after(timeout, func() { s.abort(errRouteTimeout) })
+	if upgrade == "" { // upgraded streams live until either side closes
+		s.deadline = max(timeout, 0)
+		if s.idle > 0 || s.deadline > 0 {
+			s.armTimer()
+		}
+	} else {
+		s.idle = 0
 	}
 	if upgrade != "" {
 		s.proxyUpgrade(cluster, outHost, outPath)
 		return
 	}
 
-	out := &http.Request{
+	// Built on the stack: WithContext makes the one heap copy.
+	outv := http.Request{
 		Method:        r.Method,
 		URL:           &url.URL{Scheme: "http", Opaque: outPath},
 		Proto:         "HTTP/1.1",
@@ -291,12 +341,12 @@ func (m *Manager) serve1(s *stream) {
 		Trailer:       r.Trailer,
 	}
 	if q := strings.IndexByte(outPath, '?'); q >= 0 {
-		out.URL.Opaque, out.URL.RawQuery = outPath[:q], outPath[q+1:]
+		outv.URL.Opaque, outv.URL.RawQuery = outPath[:q], outPath[q+1:]
 	}
 	if body == http.NoBody {
-		out.ContentLength = 0
+		outv.ContentLength = 0
 	}
-	out = out.WithContext(s.ctx)
+	out := outv.WithContext(s.ctx)
 	cp := m.pools.cluster(cluster)
 	var resp *http.Response
 	var upStart time.Time
@@ -311,7 +361,7 @@ func (m *Manager) serve1(s *stream) {
 			}
 			return
 		}
-		addr := ep.Addr.String()
+		addr := cp.addrString(ep.Addr)
 		s.e.UpstreamHost = addr
 		out.URL.Host = addr
 		if rt.autoHost {
@@ -319,7 +369,7 @@ func (m *Manager) serve1(s *stream) {
 		}
 		useH2 := ep.Protocol == UpstreamHTTP2 || (ep.Protocol == UseDownstreamProtocol && r.ProtoMajor == 2)
 		upStart = time.Now()
-		resp, err = cp.roundTrip(out, useH2)
+		resp, err = cp.roundTrip(out, useH2, s.rc)
 		if err == nil && s.ctx.Err() != nil {
 			// A response that raced with our own timeout or the client
 			// leaving: the stream is already cut.
@@ -360,9 +410,9 @@ func (m *Manager) serve1(s *stream) {
 	stripHopByHop(h, false)
 	applyHeaderOps(h, rt.respAdd, rt.respDel)
 	if m.alwaysSetReqID && rid != "" {
-		h["X-Request-Id"] = []string{rid}
+		h["X-Request-Id"] = s.one(hvRequestID, rid)
 	}
-	h["X-Envoy-Upstream-Service-Time"] = []string{strconv.FormatInt(s.e.UpstreamTime.Milliseconds(), 10)}
+	h["X-Envoy-Upstream-Service-Time"] = s.one(hvServiceTime, strconv.FormatInt(s.e.UpstreamTime.Milliseconds(), 10))
 	if m.serverName != "" {
 		h["Server"] = []string{m.serverName}
 	}
@@ -420,7 +470,10 @@ func (s *stream) upstreamFailed(err error, afterHeaders bool) {
 	switch {
 	case s.body != nil && s.body.tooLarge.Load():
 		code, flag, details, body = http.StatusRequestEntityTooLarge, "", "request_payload_too_large", "Payload Too Large"
-	case cause == errRouteTimeout:
+	case cause == errRouteTimeout, s.grpc && s.deadline > 0 && time.Since(s.start) >= s.deadline:
+		// The second case: the upstream gave up at the deadline it was
+		// given (a gRPC server resets the stream when its grpc-timeout
+		// passes) just before this stream's own timer fired.
 		code, flag, details, body = http.StatusGatewayTimeout, FlagUpstreamTimeout, "upstream_response_timeout", "upstream request timeout"
 	case cause == errStreamIdle:
 		code, flag, details, body = http.StatusRequestTimeout, FlagStreamIdleTimeout, "stream_idle_timeout", "stream timeout"

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -96,6 +97,23 @@ type clusterPool struct {
 	fast *h1Pool // synchronous HTTP/1.1 client (h1client.go)
 	h1   *http.Transport
 	h2   *http2.Transport
+	last atomic.Pointer[addrString] // the endpoint address last formatted
+}
+
+type addrString struct {
+	ap netip.AddrPort
+	s  string
+}
+
+// addrString formats ap, reusing the string of the previous call when the
+// endpoint is the same (one allocation less per request).
+func (cp *clusterPool) addrString(ap netip.AddrPort) string {
+	if l := cp.last.Load(); l != nil && l.ap == ap {
+		return l.s
+	}
+	s := ap.String()
+	cp.last.Store(&addrString{ap: ap, s: s})
+	return s
 }
 
 // NewPools creates the shared upstream pools.
@@ -166,7 +184,7 @@ func (p *Pools) cluster(name string) *clusterPool {
 				if err != nil {
 					return nil, err
 				}
-				return newCoalescingConn(c), nil
+				return newCoalescingConn(c, false), nil
 			},
 			DisableCompression: true,
 			ReadIdleTimeout:    30 * time.Second,
@@ -205,12 +223,15 @@ func (cp *clusterPool) close() {
 	cp.h2.CloseIdleConnections()
 }
 
-func (cp *clusterPool) roundTrip(req *http.Request, h2 bool) (*http.Response, error) {
+// roundTrip sends req upstream. rc, when not nil, is how req's context is
+// cancelled (HTTP/1.1 fast path); the synchronous client uses it instead
+// of watching the context.
+func (cp *clusterPool) roundTrip(req *http.Request, h2 bool, rc *reqCancel) (*http.Response, error) {
 	if h2 {
 		return cp.h2.RoundTrip(req)
 	}
 	if fastClientOK(req) {
-		return cp.fast.roundTrip(req)
+		return cp.fast.roundTrip(req, rc)
 	}
 	return cp.h1.RoundTrip(req)
 }

@@ -67,7 +67,10 @@ func writeNginxProxy(tmp string, port, up int) (string, error) {
 	return p, os.WriteFile(p, []byte(conf), 0o644)
 }
 
-func writeHAProxy(tmp string, port, up int) (string, error) {
+// writeHAProxy writes the HAProxy config: HTTP/1.1 on port to up, and
+// h2c (gRPC) on grpcPort to grpcUp, the reference L7 proxy for the gRPC
+// latency figure.
+func writeHAProxy(tmp string, port, up, grpcPort, grpcUp int) (string, error) {
 	conf := fmt.Sprintf(`global
     nbthread 1
     maxconn 4096
@@ -87,7 +90,14 @@ frontend f
 
 backend b
     server s1 127.0.0.1:%d
-`, port, up)
+
+frontend fg
+    bind 127.0.0.1:%d proto h2
+    default_backend bg
+
+backend bg
+    server g1 127.0.0.1:%d proto h2
+`, port, up, grpcPort, grpcUp)
 	p := filepath.Join(tmp, "haproxy.cfg")
 	return p, os.WriteFile(p, []byte(conf), 0o644)
 }

@@ -3,7 +3,9 @@
 // requests/s and p99 latency with wrk through: meshlet's hcm Manager (this
 // binary in "proxy" mode), HAProxy (http mode), nginx as reverse proxy, and
 // direct; plus each proxy's CPU time per request from /proc/PID/stat, and
-// gRPC unary p50 latency through meshlet versus direct.
+// gRPC unary p50 latency through meshlet versus direct, and through
+// HAProxy (h2c on both sides, same pinning) as the reference for what one
+// proxy hop costs on the host.
 //
 // Each proxy is pinned to CPU 0 and runs single-threaded (GOMAXPROCS=1,
 // nbthread 1, worker_processes 1); wrk and the upstreams share CPU 1, so the
@@ -12,6 +14,12 @@
 // Usage (from the repository root):
 //
 //	go run ./test/bench/http [-d 8s] [-c 32] [-out results.md]
+//
+// To compare a change with the committed code in one run (same host load):
+//
+//	git worktree add /tmp/base HEAD && (cd /tmp/base && go build -o /tmp/httpbench-base ./test/bench/http)
+//	go build -o /tmp/httpbench ./test/bench/http
+//	/tmp/httpbench -targets meshlet,haproxy -baseline /tmp/httpbench-base
 //
 // Every config, pid and log file lives in a temp dir removed on exit; the
 // system nginx/haproxy configuration is never read or touched. All traffic

@@ -112,7 +112,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	upPort, meshPort, haPort, ngPort, grpcPort, basePort := ports[0], ports[1], ports[2], ports[3], ports[4], ports[6]
+	upPort, meshPort, haPort, ngPort, grpcPort, haGRPCPort, basePort := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6]
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -150,7 +150,7 @@ func run() error {
 		}
 		*only += ",baseline"
 	}
-	haConf, err := writeHAProxy(tmp, haPort, upPort)
+	haConf, err := writeHAProxy(tmp, haPort, upPort, haGRPCPort, grpcPort)
 	if err != nil {
 		return err
 	}
@@ -166,7 +166,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	for _, p := range []int{upPort, meshPort, haPort, ngPort, grpcPort} {
+	for _, p := range []int{upPort, meshPort, haPort, ngPort, grpcPort, haGRPCPort} {
 		if err := waitPort(ctx, p, 10*time.Second); err != nil {
 			return fmt.Errorf("port %d not ready: %w\n%s", p, err, dumpLogs(tmp))
 		}
@@ -208,23 +208,63 @@ func run() error {
 		fmt.Fprintf(os.Stderr, "%-28s %10.0f req/s  p99 %8v  cpu/req %v %s\n", r.name, r.rps, r.p99, r.cpuPerRq, r.errors)
 	}
 
-	var direct, via, viaBase time.Duration
+	// gRPC: p50 of sequential unary calls, and the proxy's CPU per call
+	// (warm-up included), which the host's scheduling noise disturbs less
+	// than latency does. It is read from schedstat (exact run time): the
+	// tick-sampled utime/stime misjudge a process that is mostly idle.
+	type grpcRow struct {
+		name   string
+		p50    time.Duration
+		cpuPer time.Duration
+	}
+	var grpcRows []grpcRow
+	var direct, via time.Duration
 	if *grpcN > 0 {
-		if direct, err = grpcP50(ctx, fmt.Sprintf("127.0.0.1:%d", grpcPort), *grpcN); err != nil {
-			return fmt.Errorf("grpc direct: %w", err)
+		paths := []struct {
+			name string
+			port int
+			cmd  *exec.Cmd
+		}{
+			{"direct", grpcPort, nil},
+			{"meshlet hcm", meshPort, mesh},
+			{"HAProxy 2.6 (h2c both sides)", haGRPCPort, ha},
+			{"baseline (" + filepath.Base(*baseline) + ")", basePort, base},
 		}
-		if via, err = grpcP50(ctx, fmt.Sprintf("127.0.0.1:%d", meshPort), *grpcN); err != nil {
-			return fmt.Errorf("grpc via meshlet: %w", err)
-		}
-		if base != nil {
-			if viaBase, err = grpcP50(ctx, fmt.Sprintf("127.0.0.1:%d", basePort), *grpcN); err != nil {
-				return fmt.Errorf("grpc via baseline: %w", err)
+		for _, pth := range paths {
+			if pth.port == basePort && base == nil {
+				continue
+			}
+			var before time.Duration
+			if pth.cmd != nil {
+				before = runTime(pth.cmd.Process.Pid)
+			}
+			p50, calls, err := grpcP50(ctx, fmt.Sprintf("127.0.0.1:%d", pth.port), *grpcN)
+			if err != nil {
+				return fmt.Errorf("grpc via %s: %w", pth.name, err)
+			}
+			row := grpcRow{name: pth.name, p50: p50}
+			if pth.cmd != nil {
+				row.cpuPer = (runTime(pth.cmd.Process.Pid) - before) / time.Duration(calls)
+			}
+			grpcRows = append(grpcRows, row)
+			switch pth.port {
+			case grpcPort:
+				direct = p50
+			case meshPort:
+				via = p50
 			}
 		}
 	}
 	report := formatReport(results, direct, via, *dur, *conns)
-	if viaBase > 0 {
-		report += fmt.Sprintf("\ngRPC unary p50 via baseline: %v (**%.2f×** direct).\n", viaBase.Round(time.Microsecond), float64(viaBase)/float64(direct))
+	if len(grpcRows) > 0 {
+		report += "\n| gRPC unary path | p50 | × direct | proxy CPU per call |\n|---|---:|---:|---:|\n"
+		for _, r := range grpcRows {
+			cpu := "-"
+			if r.cpuPer > 0 {
+				cpu = fmt.Sprintf("%.1f µs", float64(r.cpuPer.Nanoseconds())/1e3)
+			}
+			report += fmt.Sprintf("| %s | %v | %.2f× | %s |\n", r.name, r.p50.Round(time.Microsecond), float64(r.p50)/float64(direct), cpu)
+		}
 	}
 	fmt.Print(report)
 	if *out != "" {
@@ -340,29 +380,50 @@ func cpuTime(pid int) time.Duration {
 	return time.Duration(ut+st) * time.Second / clkTck
 }
 
-func grpcP50(ctx context.Context, addr string, n int) (time.Duration, error) {
+// grpcP50 makes 500 warm-up and then n sequential unary calls to addr and
+// returns the p50 of the n and the number of calls made.
+// runTime is the time all threads of pid have run on a CPU, summed from
+// /proc/PID/task/*/schedstat (nanoseconds; threads that exited are lost,
+// which Go's and HAProxy's worker threads do not).
+func runTime(pid int) time.Duration {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var sum time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			ns, _ := strconv.ParseInt(f[0], 10, 64)
+			sum += time.Duration(ns)
+		}
+	}
+	return sum
+}
+
+func grpcP50(ctx context.Context, addr string, n int) (time.Duration, int, error) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer cc.Close()
 	tc := testgrpc.NewTestServiceClient(cc)
 	req := &testpb.SimpleRequest{ResponseSize: 1024, Payload: &testpb.Payload{Body: make([]byte, 1024)}}
 	for range 500 { // warm-up
 		if _, err := tc.UnaryCall(ctx, req); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	lat := make([]time.Duration, 0, n)
 	for range n {
 		t0 := time.Now()
 		if _, err := tc.UnaryCall(ctx, req); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		lat = append(lat, time.Since(t0))
 	}
 	slices.Sort(lat)
-	return lat[len(lat)/2], nil
+	return lat[len(lat)/2], 500 + n, nil
 }
 
 func freePorts(n int) ([]int, error) {
