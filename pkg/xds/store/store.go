@@ -1,17 +1,22 @@
 package store
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -77,51 +82,180 @@ func New(path string, log *zap.Logger) (*Store, error) {
 // Path is the file the store writes.
 func (s *Store) Path() string { return s.path }
 
-// Encode serialises p.
+// Encode serialises p (EncodeTo into memory).
 func Encode(p *xds.Persisted) ([]byte, error) {
-	if p == nil || p.Set == nil {
-		return nil, errors.New("xds store: nothing to encode")
+	var buf bytes.Buffer
+	if err := EncodeTo(&buf, p); err != nil {
+		return nil, err
 	}
-	b := body{Saved: p.Saved.UTC(), SetVersion: p.Set.Version, Versions: p.Versions}
+	return buf.Bytes(), nil
+}
+
+// EncodeTo writes p to w as one JSON document, resource by resource, so
+// that a large state is never held twice in memory: only one resource's
+// serialised form exists at a time. The document is
+// {"format":…,"body":{…},"sha256":…}, the checksum covering the body's
+// bytes exactly as written (it follows the body because it is computed
+// while the body streams out).
+func EncodeTo(w io.Writer, p *xds.Persisted) error {
+	if p == nil || p.Set == nil {
+		return errors.New("xds store: nothing to encode")
+	}
+	ew := &errWriter{w: w}
+	head, err := json.Marshal(Format)
+	if err != nil {
+		return fmt.Errorf("xds store: encode: %w", err)
+	}
+	ew.write([]byte(`{"format":`))
+	ew.write(head)
+	ew.write([]byte(`,"body":`))
+
+	h := sha256.New()
+	bw := &errWriter{w: io.MultiWriter(ew, h)}
+	meta, err := json.Marshal(struct {
+		Saved      time.Time         `json:"saved"`
+		SetVersion string            `json:"set_version"`
+		Versions   map[string]string `json:"versions"`
+	}{p.Saved.UTC(), p.Set.Version, p.Versions})
+	if err != nil {
+		return fmt.Errorf("xds store: encode: %w", err)
+	}
+	bw.write(meta[:len(meta)-1]) // reopened to append the resources
+	bw.write([]byte(`,"resources":[`))
+	// Each resource is written field by field into a reused buffer: saving a large state makes almost no
+	// garbage (in a garbage-collected heap, garbage is what raises the
+	// peak), only the serialised form of one resource at a time.
+	first := true
+	var scratch, tmp []byte
 	add := func(typeURL, name string, m proto.Message) error {
-		v, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		v, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend(scratch[:0], m)
 		if err != nil {
 			return fmt.Errorf("xds store: marshal %s %q: %w", xds.ShortType(typeURL), name, err)
 		}
+		scratch = v
 		meta := p.Meta[typeURL][name]
-		b.Resources = append(b.Resources, resource{TypeURL: typeURL, Name: name, Version: meta.Version, LastUpdated: meta.LastUpdated.UTC(), Value: v})
-		return nil
+		tmp = tmp[:0]
+		if !first {
+			tmp = append(tmp, ',')
+		}
+		first = false
+		tmp = append(tmp, `{"type_url":`...)
+		tmp = appendJSONString(tmp, typeURL)
+		tmp = append(tmp, `,"name":`...)
+		tmp = appendJSONString(tmp, name)
+		if meta.Version != "" {
+			tmp = append(tmp, `,"version":`...)
+			tmp = appendJSONString(tmp, meta.Version)
+		}
+		if !meta.LastUpdated.IsZero() {
+			tmp = append(tmp, `,"last_updated":"`...)
+			tmp = meta.LastUpdated.UTC().AppendFormat(tmp, time.RFC3339Nano)
+			tmp = append(tmp, '"')
+		}
+		tmp = append(tmp, `,"value":"`...)
+		tmp = base64.StdEncoding.AppendEncode(tmp, v)
+		tmp = append(tmp, `"}`...)
+		bw.write(tmp)
+		return bw.err
 	}
-	for _, n := range slices.Sorted(maps.Keys(p.Set.Clusters)) {
-		if err := add(xds.ClusterType, n, p.Set.Clusters[n]); err != nil {
-			return nil, err
+	if err := addAll(p.Set.Clusters, xds.ClusterType, add); err != nil {
+		return err
+	}
+	if err := addAll(p.Set.Endpoints, xds.EndpointType, add); err != nil {
+		return err
+	}
+	if err := addAll(p.Set.Listeners, xds.ListenerType, add); err != nil {
+		return err
+	}
+	if err := addAll(p.Set.Routes, xds.RouteType, add); err != nil {
+		return err
+	}
+	bw.write([]byte(`]}`))
+	ew.write([]byte(`,"sha256":"` + hex.EncodeToString(h.Sum(nil)) + `"}`))
+	if ew.err != nil {
+		return fmt.Errorf("xds store: write: %w", ew.err)
+	}
+	return nil
+}
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(b []byte, s string) []byte {
+	const hexDigits = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			b = append(b, c)
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
+
+// addAll calls add for every resource of m in name order.
+func addAll[T proto.Message](m map[string]T, typeURL string, add func(typeURL, name string, m proto.Message) error) error {
+	for _, n := range slices.Sorted(maps.Keys(m)) {
+		if err := add(typeURL, n, m[n]); err != nil {
+			return err
 		}
 	}
-	for _, n := range slices.Sorted(maps.Keys(p.Set.Endpoints)) {
-		if err := add(xds.EndpointType, n, p.Set.Endpoints[n]); err != nil {
-			return nil, err
-		}
+	return nil
+}
+
+// countWriter counts the bytes written through it.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// errWriter remembers the first write error and skips writes after it.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) write(p []byte) {
+	if e.err == nil {
+		_, e.err = e.w.Write(p)
 	}
-	for _, n := range slices.Sorted(maps.Keys(p.Set.Listeners)) {
-		if err := add(xds.ListenerType, n, p.Set.Listeners[n]); err != nil {
-			return nil, err
-		}
+}
+
+func (e *errWriter) Write(p []byte) (int, error) {
+	e.write(p)
+	if e.err != nil {
+		return 0, e.err
 	}
-	for _, n := range slices.Sorted(maps.Keys(p.Set.Routes)) {
-		if err := add(xds.RouteType, n, p.Set.Routes[n]); err != nil {
-			return nil, err
-		}
-	}
-	raw, err := json.Marshal(b)
-	if err != nil {
-		return nil, fmt.Errorf("xds store: encode: %w", err)
-	}
-	sum := sha256.Sum256(raw)
-	out, err := json.Marshal(fileDoc{Format: Format, SHA256: hex.EncodeToString(sum[:]), Body: raw})
-	if err != nil {
-		return nil, fmt.Errorf("xds store: encode: %w", err)
-	}
-	return out, nil
+	return len(p), nil
 }
 
 // Decode parses a persisted file. Every failure wraps ErrCorrupt.
@@ -219,10 +353,6 @@ func (s *Store) Save(ctx context.Context, p *xds.Persisted) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	data, err := Encode(p)
-	if err != nil {
-		return err
-	}
 	dir := filepath.Dir(s.path)
 	tmp, err := os.CreateTemp(dir, filepath.Base(s.path)+".tmp-*")
 	if err != nil {
@@ -236,7 +366,11 @@ func (s *Store) Save(ctx context.Context, p *xds.Persisted) error {
 			os.Remove(tmpName)
 		}
 	}()
-	if _, err := tmp.Write(data); err != nil {
+	cw := &countWriter{w: bufio.NewWriterSize(tmp, 256<<10)}
+	if err := EncodeTo(cw, p); err != nil {
+		return fmt.Errorf("xds store: %s: %w", tmpName, err)
+	}
+	if err := cw.w.(*bufio.Writer).Flush(); err != nil {
 		return fmt.Errorf("xds store: write %s: %w", tmpName, err)
 	}
 	if err := tmp.Sync(); err != nil {
@@ -253,7 +387,7 @@ func (s *Store) Save(ctx context.Context, p *xds.Persisted) error {
 		_ = d.Sync()
 		d.Close()
 	}
-	s.log.Debug("persisted xds state", zap.String("path", s.path), zap.Int("bytes", len(data)), zap.String("version", p.Set.Version))
+	s.log.Debug("persisted xds state", zap.String("path", s.path), zap.Int64("bytes", cw.n), zap.String("version", p.Set.Version))
 	return nil
 }
 

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -152,6 +153,71 @@ func FuzzDecode(f *testing.F) {
 		// Whatever decodes must encode again.
 		if _, err := Encode(p); err != nil {
 			t.Fatalf("decoded state does not re-encode: %v", err)
+		}
+	})
+}
+
+// failAfter fails every write once n bytes went through.
+type failAfter struct{ n int }
+
+func (f *failAfter) Write(p []byte) (int, error) {
+	if len(p) > f.n {
+		return 0, errors.New("disk full")
+	}
+	f.n -= len(p)
+	return len(p), nil
+}
+
+// The streamed document decodes to what was encoded, for many resources,
+// and a writer that fails part-way gives an error, never a short success.
+func TestEncodeToStreams(t *testing.T) {
+	in := sample()
+	for i := range 500 {
+		n := "c" + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + time.Duration(i).String()
+		in.Set.Clusters[n] = &clusterv3.Cluster{Name: n}
+	}
+	data, err := Encode(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Decode(data)
+	if err != nil {
+		t.Fatalf("decode the streamed document: %v", err)
+	}
+	if len(out.Set.Clusters) != len(in.Set.Clusters) {
+		t.Fatalf("%d clusters after the round trip, want %d", len(out.Set.Clusters), len(in.Set.Clusters))
+	}
+	for _, cut := range []int{0, 10, len(data) / 2, len(data) - 1} {
+		if err := EncodeTo(&failAfter{n: cut}, in); err == nil || !strings.Contains(err.Error(), "disk full") {
+			t.Fatalf("writer failing after %d of %d bytes: err %v", cut, len(data), err)
+		}
+	}
+	// One flipped byte in the body fails the checksum.
+	i := strings.Index(string(data), `"set_version"`)
+	bad := []byte(string(data))
+	bad[i+2] = 'S'
+	if _, err := Decode(bad); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("edited body: %v", err)
+	}
+}
+
+// appendJSONString writes strings that JSON decodes back unchanged (invalid
+// UTF-8 becomes U+FFFD, as with encoding/json).
+func FuzzAppendJSONString(f *testing.F) {
+	for _, s := range []string{"", "outbound|80||a.b.svc.cluster.local", "q\"b\\s\n\r\t\x00\x1f", "ünï", "\xff\xfe", "<&>"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		var got, want string
+		if err := json.Unmarshal(appendJSONString(nil, s), &got); err != nil {
+			t.Fatalf("%q: not a JSON string: %v", s, err)
+		}
+		ref, _ := json.Marshal(s)
+		if err := json.Unmarshal(ref, &want); err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("%q decodes to %q, encoding/json's to %q", s, got, want)
 		}
 	})
 }
