@@ -303,6 +303,18 @@ func TestDaemonSetInvariants(t *testing.T) {
 	for name := range wantEnv {
 		t.Errorf("env %s missing", name)
 	}
+	// The Go soft memory limit follows the container's memory limit.
+	memLimit := false
+	for _, e := range c.Env {
+		if e.Name == "GOMEMLIMIT" {
+			rf := e.ValueFrom
+			memLimit = rf != nil && rf.ResourceFieldRef != nil && rf.ResourceFieldRef.Resource == "limits.memory" &&
+				rf.ResourceFieldRef.ContainerName == c.Name
+		}
+	}
+	if _, ok := c.Resources.Limits["memory"]; !ok || !memLimit {
+		t.Error("node-agent: GOMEMLIMIT must come from the container's limits.memory (resourceFieldRef), and the limit must be set")
+	}
 
 	// Probes.
 	rp := c.ReadinessProbe
