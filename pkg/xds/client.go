@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -150,11 +151,18 @@ type deferredNack struct {
 // has the rejected versions and would not resend them.
 var errResync = errors.New("xds: restarting the delta stream to resynchronise after a rejected update")
 
-func digest(resources []*anypb.Any) [32]byte {
+// digest identifies a whole response by its resources' type and content
+// sums (u.sums once decodeAll ran: the payloads are released by then).
+func digest(u *update) [32]byte {
 	h := sha256.New()
-	for _, a := range resources {
+	var b [24]byte
+	for i, a := range u.resources {
+		sum := u.sumAt(i)
 		h.Write([]byte(a.GetTypeUrl()))
-		h.Write(a.GetValue())
+		binary.LittleEndian.PutUint64(b[0:], sum.a)
+		binary.LittleEndian.PutUint64(b[8:], sum.b)
+		binary.LittleEndian.PutUint64(b[16:], uint64(sum.n))
+		h.Write(b[:])
 	}
 	var d [32]byte
 	copy(d[:], h.Sum(nil))
@@ -361,6 +369,17 @@ type update struct {
 	versions  []string
 	removed   []string
 	delta     bool
+	// sums are the resources' content sums, set by decodeAll, which
+	// releases the payloads of the resources it decoded.
+	sums []rawSum
+}
+
+// sumAt is the content sum of resource i.
+func (u *update) sumAt(i int) rawSum {
+	if i < len(u.sums) {
+		return u.sums[i]
+	}
+	return sumOf(u.resources[i].GetValue())
 }
 
 type sotwStream struct {
@@ -778,7 +797,7 @@ func (c *Client) handle(ctx context.Context, sc *streamCtx, u *update) error {
 	ts.received = true
 	log := c.log.With(zap.String("type", ShortType(u.url)), zap.String("version", u.version), zap.String("nonce", u.nonce))
 
-	if !u.delta && ts.lastRejected != nil && ts.lastRejected.version == u.version && ts.lastRejected.digest == digest(u.resources) {
+	if !u.delta && ts.lastRejected != nil && ts.lastRejected.version == u.version && ts.lastRejected.digest == digest(u) {
 		ts.lastRejected.repeats++
 		d := c.cfg.BackoffBase
 		for i := 1; i < ts.lastRejected.repeats && d < c.cfg.BackoffMax; i++ {
@@ -962,11 +981,21 @@ func decodeAll(u *update, known map[rawSum]*entry) []decodedRes {
 		d.sum = sumOf(a.GetValue())
 		if e := known[d.sum]; e != nil && a.GetTypeUrl() == u.url && (want == "" || want == ResourceName(e.msg)) {
 			d.msg = e.msg
-			return
+		} else {
+			d.msg, d.err = decodeResource(u.url, a, want, i)
 		}
-		d.msg, d.err = decodeResource(u.url, a, want, i)
+		if d.err == nil {
+			// Decoded: the payload is not needed any more (a rejected
+			// one is kept for the NACK report). Released now, a large
+			// response does not stay in memory beside its decoded form.
+			a.Value = nil
+		}
 	}
 	par.For(len(out), one)
+	u.sums = make([]rawSum, len(out))
+	for i := range out {
+		u.sums[i] = out[i].sum
+	}
 	return out
 }
 
@@ -983,7 +1012,7 @@ func (c *Client) reject(sc *streamCtx, ts *typeState, u *update, name string, fa
 	log.Warn("xds: NACK; keeping the last good configuration", zap.String("resource", name), zap.Error(err))
 	ne := NackError{TypeURL: u.url, Name: name, Version: u.version, Nonce: u.nonce, Detail: detail, Time: time.Now(), Failed: failed}
 	if !u.delta {
-		ts.lastRejected = &rejected{version: u.version, digest: digest(u.resources)}
+		ts.lastRejected = &rejected{version: u.version, digest: digest(u)}
 	}
 	c.mu.Lock()
 	c.nacks[u.url] = ne
