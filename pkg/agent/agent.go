@@ -117,6 +117,27 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}
 	defer adminLis.Close()
 
+	popts := proxy.Options{Log: a.log.Named("proxy"), Orig: noCapture{}}
+	if a.cfg.Proxy.AccessLog {
+		popts.AccessLog = a.log.Named("access")
+	}
+	a.mode = Mode{Capture: "explicit", Acceleration: "off", Features: sockmap.Probe()}
+	var dpOpts sockmap.Options
+	if a.cfg.Capture.Cgroup != "" {
+		accel, why := a.accel(a.mode.Features)
+		a.mode.Acceleration, a.mode.Reason = accelName(accel), why
+		dpOpts = sockmap.Options{
+			Cgroup: a.cfg.Capture.Cgroup, PinPath: a.cfg.Capture.BPFFS, Proxy: a.proxyAddr,
+			Accel: accel, StreamVerdict: a.cfg.Capture.StreamVerdictOn(), Logger: a.log.Named("sockmap"),
+			Probe: func() sockmap.Features { return a.mode.Features },
+		}
+		// Bad input (cgroup, pin path, kernel) fails here, before anything
+		// starts.
+		if err := sockmap.Preflight(dpOpts); err != nil {
+			return err
+		}
+	}
+
 	// The config source starts first: fetching and decoding the first
 	// configuration overlaps with loading the BPF programs below.
 	ctx, cancel := context.WithCancel(ctx)
@@ -144,20 +165,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		}
 	}()
 
-	popts := proxy.Options{Log: a.log.Named("proxy"), Orig: noCapture{}}
-	if a.cfg.Proxy.AccessLog {
-		popts.AccessLog = a.log.Named("access")
-	}
-	a.mode = Mode{Capture: "explicit", Acceleration: "off", Features: sockmap.Probe()}
 	if a.cfg.Capture.Cgroup == "" {
 		a.mode.Reason = "no cgroup configured: applications must dial the proxy explicitly"
 		a.log.Warn("capture disabled", zap.String("reason", a.mode.Reason))
 	} else {
-		accel, why := a.accel(a.mode.Features)
-		dp, err := sockmap.Load(sockmap.Options{
-			Cgroup: a.cfg.Capture.Cgroup, PinPath: a.cfg.Capture.BPFFS, Proxy: a.proxyAddr,
-			Accel: accel, StreamVerdict: a.cfg.Capture.StreamVerdictOn(), Logger: a.log.Named("sockmap"),
-		})
+		dp, err := sockmap.Load(dpOpts)
 		if err != nil {
 			return err
 		}
@@ -171,14 +183,12 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		}()
 		a.dp = dp
 		a.mode.Capture = "cgroup"
-		a.mode.Acceleration = accelName(accel)
-		a.mode.Reason = why
 		a.mode.Features = dp.Features()
 		popts.Orig = origAdapter{dp}
 		popts.DialControl = dp.DialControl
-		popts.AccelUpstream = a.cfg.Capture.UpstreamOn() && !accel.Off
+		popts.AccelUpstream = a.cfg.Capture.UpstreamOn() && !dpOpts.Accel.Off
 		popts.Forwarder = forwarder{dp}
-		a.log.Info("data path mode", zap.String("capture", a.mode.Capture), zap.String("acceleration", a.mode.Acceleration), zap.String("reason", why))
+		a.log.Info("data path mode", zap.String("capture", a.mode.Capture), zap.String("acceleration", a.mode.Acceleration), zap.String("reason", a.mode.Reason))
 	}
 
 	if a.cfg.XDS.OnDemand {

@@ -101,6 +101,42 @@ type rawAttachment struct {
 	typ    ebpf.AttachType
 }
 
+// Preflight runs the checks Load starts with, none of which changes
+// anything: the proxy address, the cgroup (which must exist and not be
+// the hierarchy's root), the pin path, and the kernel's features. A caller
+// that starts other work before Load calls it first, so that bad input
+// fails before anything started.
+func Preflight(opts Options) error {
+	_, _, _, err := preflight(opts)
+	return err
+}
+
+func preflight(opts Options) (cgroup, pin string, feat Features, err error) {
+	if !opts.Proxy.IsValid() || !opts.Proxy.Addr().Is4() {
+		return "", "", feat, fmt.Errorf("proxy listener %v: an IPv4 address and port are required", opts.Proxy)
+	}
+	cgroup, err = ResolveCgroup(opts.Cgroup)
+	if err != nil {
+		return "", "", feat, err
+	}
+	pin = opts.PinPath
+	if pin == "" {
+		pin = DefaultPinPath
+	}
+	if strings.Contains(filepath.Base(pin), ".") {
+		return "", "", feat, fmt.Errorf("pin path %s: bpffs refuses names with a dot", pin)
+	}
+	probe := opts.Probe
+	if probe == nil {
+		probe = Probe
+	}
+	feat = probe()
+	if !feat.Capture || !feat.Pairing || !feat.Redirect {
+		return "", "", feat, fmt.Errorf("kernel %s lacks what the data path needs: %s", feat.Kernel, strings.Join(feat.Missing, "; "))
+	}
+	return cgroup, pin, feat, nil
+}
+
 // Load probes the kernel, loads the programs, pins them and their maps under
 // opts.PinPath and attaches them to opts.Cgroup. On any error everything
 // already done is undone.
@@ -109,27 +145,9 @@ func Load(opts Options) (_ *Datapath, err error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	if !opts.Proxy.IsValid() || !opts.Proxy.Addr().Is4() {
-		return nil, fmt.Errorf("proxy listener %v: an IPv4 address and port are required", opts.Proxy)
-	}
-	cg, err := ResolveCgroup(opts.Cgroup)
+	cg, pin, feat, err := preflight(opts)
 	if err != nil {
 		return nil, err
-	}
-	pin := opts.PinPath
-	if pin == "" {
-		pin = DefaultPinPath
-	}
-	if strings.Contains(filepath.Base(pin), ".") {
-		return nil, fmt.Errorf("pin path %s: bpffs refuses names with a dot", pin)
-	}
-	probe := opts.Probe
-	if probe == nil {
-		probe = Probe
-	}
-	feat := probe()
-	if !feat.Capture || !feat.Pairing || !feat.Redirect {
-		return nil, fmt.Errorf("kernel %s lacks what the data path needs: %s", feat.Kernel, strings.Join(feat.Missing, "; "))
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK for BPF maps: %w", err)
