@@ -72,3 +72,13 @@ func (c *Conn) Close() error {
 	c.mu.Unlock()
 	return c.Conn.Close()
 }
+
+// CloseWrite half-closes the underlying connection, so that a relay
+// writing to a sniffed connection passes the peer's FIN on. (Still no
+// ReadFrom/WriteTo: the splice fast path stays out of reach.)
+func (c *Conn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
