@@ -2,7 +2,7 @@ package hcm
 
 import (
 	"fmt"
-	"math/rand/v2"
+	"math/bits"
 	"net/http"
 	"net/url"
 	"os"
@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -74,6 +75,8 @@ type route struct {
 	cluster  string
 	weighted []weightedCluster
 	totalW   uint64
+	// picks numbers the weighted picks of this route (pickCluster).
+	picks atomic.Uint64
 
 	prefixRewrite string
 	hasPrefixRW   bool
@@ -844,7 +847,24 @@ func (hm *headerMatch) matches(v *reqView) bool {
 	return res != hm.invert
 }
 
+// weylStep is 2^64 divided by the golden ratio, rounded to odd.
+const weylStep = 0x9E3779B97F4A7C15
+
+// weylPick maps the k-th pick of a route into [0, total). The points
+// k·φ⁻¹ mod 1 (a Weyl sequence) are spread more evenly than random ones:
+// over any n consecutive picks each weighted cluster's share is off by
+// O(log n) picks, not O(√n), while consecutive picks still interleave the
+// clusters (80/20 gives a a b a a b a b ..., never long runs), and any
+// periodic pattern in the requests gets an even share too.
+func weylPick(k, total uint64) uint64 {
+	hi, _ := bits.Mul64(k*weylStep, total)
+	return hi
+}
+
 // pickCluster resolves the upstream cluster for a forwarding route.
+// Weighted clusters are picked by the route's Weyl sequence (weylPick),
+// deterministic and exact within a few requests, where Envoy draws at
+// random; the shares are the configured weights either way.
 func (r *route) pickCluster(h http.Header) (string, *weightedCluster) {
 	switch r.action {
 	case actCluster:
@@ -852,7 +872,7 @@ func (r *route) pickCluster(h http.Header) (string, *weightedCluster) {
 	case actClusterHeader:
 		return h.Get(r.cluster), nil
 	case actWeighted:
-		n := rand.Uint64N(r.totalW)
+		n := weylPick(r.picks.Add(1), r.totalW)
 		for i := range r.weighted {
 			if n < r.weighted[i].weight {
 				return r.weighted[i].name, &r.weighted[i]

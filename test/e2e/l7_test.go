@@ -335,10 +335,10 @@ func TestL7Routing(t *testing.T) {
 	}
 
 	// Weighted split 80/20 over 10 000 keep-alive requests from the Go
-	// client. The count of "a" is binomial(n, 0.8) (or closer to n·0.8 if
-	// the split is deterministic): σ = sqrt(n·0.8·0.2) = 40, and the
-	// bound below is 5σ = 200 requests (2 points), a false alarm
-	// probability of about 6e-7.
+	// client on 8 connections: within ±1 % (100 requests), as the issue
+	// asks. The agent picks weighted clusters by a Weyl sequence per route
+	// (pkg/hcm weylPick), exact within a few requests over any window; a
+	// random pick would miss ±1 % about once in 80 runs (2.5σ).
 	const n = 10000
 	var rep splitReport
 	out := run(t, m.role("l7-split", "http://"+l7HTTPVIP+"/split/x", strconv.Itoa(n), "8"))
@@ -348,9 +348,8 @@ func TestL7Routing(t *testing.T) {
 	if rep.Errors != 0 || rep.By["a"]+rep.By["b"] != n || len(rep.By) != 2 {
 		t.Fatalf("split: %+v; want %d answers from a and b only, no errors", rep, n)
 	}
-	sigma := math.Sqrt(n * 0.8 * 0.2)
-	if dev := math.Abs(float64(rep.By["a"]) - n*0.8); dev > 5*sigma {
-		t.Errorf("split: a answered %d of %d (%.2f %%), want 80 %% ± %.0f requests (5σ)", rep.By["a"], n, 100*float64(rep.By["a"])/n, 5*sigma)
+	if dev := math.Abs(float64(rep.By["a"]) - n*0.8); dev > 0.01*n {
+		t.Errorf("split: a answered %d of %d (%.2f %%), want 80 %% ± 1 %%", rep.By["a"], n, 100*float64(rep.By["a"])/n)
 	}
 	t.Logf("split over %d requests on %d connections: a %d (%.2f %%), b %d", n, rep.Conns, rep.By["a"], 100*float64(rep.By["a"])/n, rep.By["b"])
 }
