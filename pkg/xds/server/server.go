@@ -324,6 +324,10 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	gs := grpc.NewServer(
 		grpc.MaxRecvMsgSize(s.opts.MaxMsgSize),
 		grpc.MaxSendMsgSize(s.opts.MaxMsgSize),
+		// Stop returns only once every stream handler has returned (and
+		// its stream-closed callback has run): nothing of the server
+		// outlives Serve.
+		grpc.WaitForHandlers(true),
 	)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, xds)
 
