@@ -346,20 +346,31 @@ func (b *upBody) readFast(p []byte) (int, error) {
 	if b.bad {
 		return 0, io.ErrUnexpectedEOF
 	}
-	if int64(len(p)) > b.left {
-		p = p[:b.left]
-	}
-	n, err := b.u.br.Read(p)
-	b.left -= int64(n)
-	if b.left == 0 {
+	n, err := readLeft(b.u.br, p, &b.left)
+	switch {
+	case err == io.EOF:
 		b.eof = true
+	case err != nil:
+		b.bad = true
+	}
+	return n, err
+}
+
+// readLeft reads at most *left more bytes of a body of known length from
+// br into p and counts them off. The read that completes the body returns
+// io.EOF with its bytes; a connection that ends before gives
+// io.ErrUnexpectedEOF.
+func readLeft(br *bufio.Reader, p []byte, left *int64) (int, error) {
+	if int64(len(p)) > *left {
+		p = p[:*left]
+	}
+	n, err := br.Read(p)
+	*left -= int64(n)
+	if *left == 0 {
 		return n, io.EOF
 	}
-	if err != nil {
-		b.bad = true
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
 	}
 	return n, err
 }

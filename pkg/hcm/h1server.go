@@ -569,18 +569,8 @@ func (b *fastBody) Read(p []byte) (int, error) {
 	if b.closed {
 		return 0, http.ErrBodyReadAfterClose
 	}
-	if int64(len(p)) > b.left {
-		p = p[:b.left]
-	}
-	n, err := b.c.br.Read(p)
-	b.left -= int64(n)
-	if b.left == 0 {
-		return n, io.EOF
-	}
-	if err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
-	if err != nil {
+	n, err := readLeft(b.c.br, p, &b.left)
+	if err != nil && err != io.EOF {
 		b.err = err
 	}
 	return n, err
