@@ -2,7 +2,6 @@ package hcm
 
 import (
 	"fmt"
-	"math/bits"
 	"net/http"
 	"net/url"
 	"os"
@@ -10,12 +9,13 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+
+	"github.com/meshlet/meshlet/internal/weyl"
 )
 
 // defaultRouteTimeout is Envoy's route.timeout when the field is unset.
@@ -75,8 +75,8 @@ type route struct {
 	cluster  string
 	weighted []weightedCluster
 	totalW   uint64
-	// picks numbers the weighted picks of this route (pickCluster).
-	picks atomic.Uint64
+	// picks spreads the weighted picks of this route (pickCluster).
+	picks weyl.Seq
 
 	prefixRewrite string
 	hasPrefixRW   bool
@@ -847,24 +847,10 @@ func (hm *headerMatch) matches(v *reqView) bool {
 	return res != hm.invert
 }
 
-// weylStep is 2^64 divided by the golden ratio, rounded to odd.
-const weylStep = 0x9E3779B97F4A7C15
-
-// weylPick maps the k-th pick of a route into [0, total). The points
-// k·φ⁻¹ mod 1 (a Weyl sequence) are spread more evenly than random ones:
-// over any n consecutive picks each weighted cluster's share is off by
-// O(log n) picks, not O(√n), while consecutive picks still interleave the
-// clusters (80/20 gives a a b a a b a b ..., never long runs), and any
-// periodic pattern in the requests gets an even share too.
-func weylPick(k, total uint64) uint64 {
-	hi, _ := bits.Mul64(k*weylStep, total)
-	return hi
-}
-
 // pickCluster resolves the upstream cluster for a forwarding route.
-// Weighted clusters are picked by the route's Weyl sequence (weylPick),
-// deterministic and exact within a few requests, where Envoy draws at
-// random; the shares are the configured weights either way.
+// Weighted clusters are picked by the route's Weyl sequence
+// (internal/weyl), deterministic and exact within a few requests, where
+// Envoy draws at random; the shares are the configured weights either way.
 func (r *route) pickCluster(h http.Header) (string, *weightedCluster) {
 	switch r.action {
 	case actCluster:
@@ -872,7 +858,7 @@ func (r *route) pickCluster(h http.Header) (string, *weightedCluster) {
 	case actClusterHeader:
 		return h.Get(r.cluster), nil
 	case actWeighted:
-		n := weylPick(r.picks.Add(1), r.totalW)
+		n := r.picks.Next(r.totalW)
 		for i := range r.weighted {
 			if n < r.weighted[i].weight {
 				return r.weighted[i].name, &r.weighted[i]

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -251,28 +250,6 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 	}
 }
 
-// clusterFor resolves a tcp_proxy's cluster, choosing among weighted ones.
-func clusterFor(t *state.TCPProxy) string {
-	if len(t.Weighted) == 0 {
-		return t.Cluster
-	}
-	var total uint32
-	for _, w := range t.Weighted {
-		total += w.Weight
-	}
-	if total == 0 {
-		return t.Weighted[0].Name
-	}
-	x := rand.Uint32N(total)
-	for _, w := range t.Weighted {
-		if x < w.Weight {
-			return w.Name
-		}
-		x -= w.Weight
-	}
-	return t.Weighted[len(t.Weighted)-1].Name
-}
-
 // fetchCluster asks the config source for a cluster the config lacks and
 // holds the caller until it arrives or OnDemandWait passes.
 func (p *Proxy) fetchCluster(ctx context.Context, cluster string) error {
@@ -316,7 +293,7 @@ func (p *Proxy) DialUpstream(ctx context.Context, snap *state.Snapshot, cluster 
 }
 
 func (p *Proxy) serveTCP(ctx context.Context, c net.Conn, snap *state.Snapshot, t *state.TCPProxy, src, dst netip.AddrPort, captured bool) {
-	cluster := clusterFor(t)
+	cluster := t.PickCluster()
 	up, ep, err := p.DialUpstream(ctx, snap, cluster, dst)
 	if err != nil {
 		p.stats.UpstreamFail.Add(1)

@@ -4,7 +4,9 @@
 // use_original_dst hand-off and FilterChainMatch precedence), and how a
 // cluster picks an endpoint.
 //
-// A Snapshot is immutable once built. The proxy loads the current one for
-// each new connection, so a connection sees one whole config, never a mix.
+// A Snapshot is immutable once built (only the sequence that spreads a
+// weighted tcp_proxy's picks advances, see TCPProxy.PickCluster). The proxy
+// loads the current one for each new connection, so a connection sees one
+// whole config, never a mix.
 // What a Snapshot cannot honour is listed in Issues, never dropped silently.
 package state

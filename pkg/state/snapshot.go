@@ -17,6 +17,7 @@ import (
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 
 	"github.com/meshlet/meshlet/internal/par"
+	"github.com/meshlet/meshlet/internal/weyl"
 	"github.com/meshlet/meshlet/pkg/resources"
 )
 
@@ -90,6 +91,30 @@ type TCPProxy struct {
 	Cluster     string
 	Weighted    []WeightedCluster
 	IdleTimeout time.Duration
+
+	total uint64   // sum of the weights
+	picks weyl.Seq // spreads the weighted picks (PickCluster)
+}
+
+// PickCluster returns the cluster of the next connection: Cluster, or one
+// of the weighted clusters in proportion to its weight. Weighted picks
+// follow a Weyl sequence (internal/weyl), deterministic and exact within a
+// few connections over any window, where Envoy draws at random.
+func (t *TCPProxy) PickCluster() string {
+	if len(t.Weighted) == 0 {
+		return t.Cluster
+	}
+	if t.total == 0 {
+		return t.Weighted[0].Name
+	}
+	x := t.picks.Next(t.total)
+	for _, w := range t.Weighted {
+		if x < uint64(w.Weight) {
+			return w.Name
+		}
+		x -= uint64(w.Weight)
+	}
+	return t.Weighted[len(t.Weighted)-1].Name
 }
 
 // WeightedCluster is one branch of a weighted split.
@@ -403,6 +428,7 @@ func (b *builtListener) buildChain(fc *listenerv3.FilterChain, idx int) (*Filter
 			t := &TCPProxy{StatPrefix: tp.GetStatPrefix(), Cluster: tp.GetCluster()}
 			for _, w := range tp.GetWeightedClusters().GetClusters() {
 				t.Weighted = append(t.Weighted, WeightedCluster{Name: w.GetName(), Weight: w.GetWeight()})
+				t.total += uint64(w.GetWeight())
 			}
 			if t.Cluster == "" && len(t.Weighted) == 0 {
 				return nil, fmt.Errorf("filter chain %s: tcp_proxy names no cluster", cname)

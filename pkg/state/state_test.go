@@ -257,3 +257,35 @@ func TestBuildReusesUnchanged(t *testing.T) {
 		t.Error("replaced listener not translated again")
 	}
 }
+
+// A weighted tcp_proxy splits connections in proportion to the weights,
+// exact within a few connections, and a zero weight is never picked.
+func TestTCPProxyWeightedPick(t *testing.T) {
+	y := `static_resources:
+  listeners:
+  - name: split
+    address: {socket_address: {address: 10.0.0.7, port_value: 80}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: s
+          weighted_clusters:
+            clusters: [{name: a, weight: 3}, {name: b, weight: 1}, {name: zero, weight: 0}]
+  clusters:` + static("a", "127.0.0.1:1") + static("b", "127.0.0.1:2") + static("zero", "127.0.0.1:3")
+	s, err := Build(mustSet(t, y), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.MustParseAddrPort("10.0.0.7:80")
+	tp := s.Listener(dst).Chain(ChainInput{Dst: dst, Transport: "raw_buffer"}).TCP
+	counts := map[string]int{}
+	const n = 10000
+	for range n {
+		counts[tp.PickCluster()]++
+	}
+	if counts["zero"] != 0 || counts["a"] < n*3/4-8 || counts["a"] > n*3/4+8 || counts["a"]+counts["b"] != n {
+		t.Fatalf("picks %v over %d connections, want a 7500 ± 8, b the rest, zero none", counts, n)
+	}
+}

@@ -337,7 +337,7 @@ func TestL7Routing(t *testing.T) {
 	// Weighted split 80/20 over 10 000 keep-alive requests from the Go
 	// client on 8 connections: within ±1 % (100 requests), as the issue
 	// asks. The agent picks weighted clusters by a Weyl sequence per route
-	// (pkg/hcm weylPick), exact within a few requests over any window; a
+	// (internal/weyl), exact within a few requests over any window; a
 	// random pick would miss ±1 % about once in 80 runs (2.5σ).
 	const n = 10000
 	var rep splitReport
