@@ -45,10 +45,16 @@ type fileDoc struct {
 }
 
 type body struct {
+	bodyHead
+	Resources []resource `json:"resources"`
+}
+
+// bodyHead is the body without its resources: EncodeTo writes it first and
+// streams the resources after it.
+type bodyHead struct {
 	Saved      time.Time         `json:"saved"`
 	SetVersion string            `json:"set_version"`
 	Versions   map[string]string `json:"versions"`
-	Resources  []resource        `json:"resources"`
 }
 
 type resource struct {
@@ -112,11 +118,7 @@ func EncodeTo(w io.Writer, p *xds.Persisted) error {
 
 	h := sha256.New()
 	bw := &errWriter{w: io.MultiWriter(ew, h)}
-	meta, err := json.Marshal(struct {
-		Saved      time.Time         `json:"saved"`
-		SetVersion string            `json:"set_version"`
-		Versions   map[string]string `json:"versions"`
-	}{p.Saved.UTC(), p.Set.Version, p.Versions})
+	meta, err := json.Marshal(bodyHead{Saved: p.Saved.UTC(), SetVersion: p.Set.Version, Versions: p.Versions})
 	if err != nil {
 		return fmt.Errorf("xds store: encode: %w", err)
 	}
