@@ -213,10 +213,12 @@ func BuildConfigDump(cur xds.Current, tr Translation, includeEDS bool) (*adminv3
 	if includeEDS {
 		eds := &adminv3.EndpointsConfigDump{}
 		for _, n := range slices.Sorted(maps.Keys(set.Endpoints)) {
-			a, err := wrap(set.Endpoints[n])
+			// The wire form as held: a compact assignment is not decoded.
+			w, err := set.Endpoints[n].Wire()
 			if err != nil {
 				return nil, err
 			}
+			a := &anypb.Any{TypeUrl: xds.EndpointType, Value: w}
 			v, t := meta(xds.EndpointType, n)
 			eds.DynamicEndpointConfigs = append(eds.DynamicEndpointConfigs, &adminv3.EndpointsConfigDump_DynamicEndpointConfig{
 				VersionInfo: v, EndpointConfig: a, LastUpdated: t, ErrorState: errState(xds.EndpointType, n)})

@@ -367,7 +367,7 @@ func decodeEndpointsDump(set *Set, d *adminv3.EndpointsConfigDump) ([]ConfigDump
 		if err := unmarshalAny(de.GetEndpointConfig(), la, fmt.Sprintf("dynamic_endpoint_configs[%d]", i)); err != nil {
 			return issues, fmt.Errorf("config dump: %w", err)
 		}
-		if err := addUnique(set.Endpoints, la.GetClusterName(), la, "cluster load assignment"); err != nil {
+		if err := addUnique(set.Endpoints, la.GetClusterName(), NewAssignment(la), "cluster load assignment"); err != nil {
 			return issues, err
 		}
 	}

@@ -64,7 +64,7 @@ func FromBootstrap(b *bootstrapv3.Bootstrap) (*Set, error) {
 			if name == "" {
 				name = c.GetName()
 			}
-			set.Endpoints[name] = la
+			set.Endpoints[name] = NewAssignment(la)
 		}
 	}
 	return set, nil

@@ -43,10 +43,13 @@ static_resources:
 	fmt.Println("listeners:", slices.Sorted(maps.Keys(set.Listeners)))
 	fmt.Println("clusters: ", slices.Sorted(maps.Keys(set.Clusters)))
 	for _, name := range slices.Sorted(maps.Keys(set.Endpoints)) {
-		fmt.Printf("endpoints of %s: %d\n", name, len(set.Endpoints[name].GetEndpoints()[0].GetLbEndpoints()))
+		for _, e := range set.Endpoints[name].Endpoints() {
+			fmt.Printf("endpoint of %s: %s:%d\n", name, e.Addr, e.Port)
+		}
 	}
 	// Output:
 	// listeners: [web]
 	// clusters:  [web-backend]
-	// endpoints of web-backend: 2
+	// endpoint of web-backend: 127.0.0.1:8080
+	// endpoint of web-backend: 127.0.0.1:8081
 }

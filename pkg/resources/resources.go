@@ -6,7 +6,6 @@ package resources
 
 import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 )
@@ -23,8 +22,9 @@ type Set struct {
 	Routes    map[string]*routev3.RouteConfiguration
 	Clusters  map[string]*clusterv3.Cluster
 	// Endpoints are keyed by ClusterLoadAssignment.cluster_name (the EDS
-	// service name).
-	Endpoints map[string]*endpointv3.ClusterLoadAssignment
+	// service name). They are held as Assignments, compactly when they
+	// come from the wire (see Assignment).
+	Endpoints map[string]*Assignment
 }
 
 // New returns an empty, ready to fill Set.
@@ -33,6 +33,6 @@ func New() *Set {
 		Listeners: map[string]*listenerv3.Listener{},
 		Routes:    map[string]*routev3.RouteConfiguration{},
 		Clusters:  map[string]*clusterv3.Cluster{},
-		Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
+		Endpoints: map[string]*Assignment{},
 	}
 }

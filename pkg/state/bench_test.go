@@ -11,6 +11,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -47,14 +48,20 @@ func bigSet(tb testing.TB, n, per int) *resources.Set {
 	return s
 }
 
-func benchCLA(name string, i, per int) *endpointv3.ClusterLoadAssignment {
+// benchCLA is an EDS assignment in the compact form the xDS client holds.
+func benchCLA(name string, i, per int) *resources.Assignment {
 	lbs := make([]*endpointv3.LbEndpoint, 0, per)
 	for j := 0; j < per; j++ {
 		lbs = append(lbs, &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 			Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 				Address: fmt.Sprintf("10.%d.%d.%d", i/250, i%250, j+1), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 8080}}}}}}})
 	}
-	return &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}}
+	m := &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}}
+	wire, err := proto.Marshal(m)
+	if err != nil {
+		panic(err)
+	}
+	return resources.CompactAssignment(m, wire)
 }
 
 // BenchmarkBuild translates the full TestBenchXDS-sized set from scratch.

@@ -10,7 +10,6 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
 	"github.com/meshlet/meshlet/pkg/resources"
@@ -69,7 +68,7 @@ type Cluster struct {
 
 // endpointsOf returns the EDS assignment an EDS cluster uses from set (nil
 // for other clusters, whose endpoints are in the cluster itself).
-func endpointsOf(c *clusterv3.Cluster, set *resources.Set) *endpointv3.ClusterLoadAssignment {
+func endpointsOf(c *clusterv3.Cluster, set *resources.Set) *resources.Assignment {
 	if c.GetType() != clusterv3.Cluster_EDS {
 		return nil
 	}
@@ -84,7 +83,7 @@ func endpointsOf(c *clusterv3.Cluster, set *resources.Set) *endpointv3.ClusterLo
 }
 
 // buildCluster translates c; eds is its EDS assignment (see endpointsOf).
-func buildCluster(c *clusterv3.Cluster, eds *endpointv3.ClusterLoadAssignment, issues *[]Issue) (*Cluster, error) {
+func buildCluster(c *clusterv3.Cluster, eds *resources.Assignment, issues *[]Issue) (*Cluster, error) {
 	out := &Cluster{Name: c.GetName(), LB: c.GetLbPolicy(), ConnectTimeout: 5 * time.Second}
 	if d := c.GetConnectTimeout(); d != nil {
 		out.ConnectTimeout = d.AsDuration()
@@ -104,12 +103,13 @@ func buildCluster(c *clusterv3.Cluster, eds *endpointv3.ClusterLoadAssignment, i
 		note("upstream TLS (transport_socket) not implemented yet: plaintext is used")
 	}
 
-	var la *endpointv3.ClusterLoadAssignment
+	var la *resources.Assignment
+	dns := false
 	switch t := c.GetClusterDiscoveryType().(type) {
 	case *clusterv3.Cluster_Type:
 		switch t.Type {
 		case clusterv3.Cluster_STATIC:
-			la = c.GetLoadAssignment()
+			la = inline(c)
 		case clusterv3.Cluster_EDS:
 			name := c.GetEdsClusterConfig().GetServiceName()
 			if name == "" {
@@ -124,7 +124,8 @@ func buildCluster(c *clusterv3.Cluster, eds *endpointv3.ClusterLoadAssignment, i
 			return out, nil
 		case clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS:
 			// Hosts that are IP literals work; names need the DNS resolver.
-			la = c.GetLoadAssignment()
+			la = inline(c)
+			dns = true
 			note("%s: only IP-literal endpoints are used (no DNS resolution yet)", t.Type)
 		default:
 			return nil, fmt.Errorf("discovery type %s unknown", t.Type)
@@ -132,47 +133,44 @@ func buildCluster(c *clusterv3.Cluster, eds *endpointv3.ClusterLoadAssignment, i
 	case *clusterv3.Cluster_ClusterType:
 		note("custom cluster type %s not implemented: no endpoints", t.ClusterType.GetName())
 	case nil:
-		la = c.GetLoadAssignment()
+		la = inline(c)
 	}
 
 	// One allocation for all of the cluster's endpoints (never grown, so
 	// the pointers into it stay valid).
-	n := 0
-	for _, loc := range la.GetEndpoints() {
-		n += len(loc.GetLbEndpoints())
+	var eps []resources.Endpoint
+	if la != nil {
+		eps = la.Endpoints()
 	}
-	backing := make([]Endpoint, 0, n)
-	out.Endpoints = make([]*Endpoint, 0, n)
-	for _, loc := range la.GetEndpoints() {
-		for _, lbe := range loc.GetLbEndpoints() {
-			switch lbe.GetHealthStatus() {
-			case corev3.HealthStatus_UNHEALTHY, corev3.HealthStatus_DRAINING, corev3.HealthStatus_TIMEOUT:
-				continue
-			}
-			sa := lbe.GetEndpoint().GetAddress().GetSocketAddress()
-			if sa == nil {
-				note("endpoint without a socket address skipped")
-				continue
-			}
-			ip, err := netip.ParseAddr(sa.GetAddress())
-			if err != nil {
-				if _, dns := c.GetClusterDiscoveryType().(*clusterv3.Cluster_Type); dns && (c.GetType() == clusterv3.Cluster_STRICT_DNS || c.GetType() == clusterv3.Cluster_LOGICAL_DNS) {
-					note("endpoint %q is a host name: skipped", sa.GetAddress())
-					continue
-				}
-				return nil, fmt.Errorf("endpoint address %q: %w", sa.GetAddress(), err)
-			}
-			port := sa.GetPortValue()
-			if port == 0 || port > 65535 {
-				return nil, fmt.Errorf("endpoint %s: port %d out of range", ip, port)
-			}
-			w := lbe.GetLoadBalancingWeight().GetValue()
-			if w == 0 {
-				w = 1
-			}
-			backing = append(backing, Endpoint{Addr: netip.AddrPortFrom(ip, uint16(port)), Weight: w})
-			out.Endpoints = append(out.Endpoints, &backing[len(backing)-1])
+	backing := make([]Endpoint, 0, len(eps))
+	out.Endpoints = make([]*Endpoint, 0, len(eps))
+	for i := range eps {
+		e := &eps[i]
+		switch e.Health {
+		case corev3.HealthStatus_UNHEALTHY, corev3.HealthStatus_DRAINING, corev3.HealthStatus_TIMEOUT:
+			continue
 		}
+		if e.NoSocketAddress {
+			note("endpoint without a socket address skipped")
+			continue
+		}
+		if !e.Addr.IsValid() {
+			if dns && e.Host != "" {
+				note("endpoint %q is a host name: skipped", e.Host)
+				continue
+			}
+			_, err := netip.ParseAddr(e.Host)
+			return nil, fmt.Errorf("endpoint address %q: %w", e.Host, err)
+		}
+		if e.Port == 0 || e.Port > 65535 {
+			return nil, fmt.Errorf("endpoint %s: port %d out of range", e.Addr, e.Port)
+		}
+		w := e.Weight
+		if w == 0 {
+			w = 1
+		}
+		backing = append(backing, Endpoint{Addr: netip.AddrPortFrom(e.Addr, uint16(e.Port)), Weight: w})
+		out.Endpoints = append(out.Endpoints, &backing[len(backing)-1])
 	}
 	if len(out.Endpoints) == 0 && c.GetType() == clusterv3.Cluster_STATIC && la == nil {
 		out.Kind = KindBlackhole
@@ -253,4 +251,12 @@ func httpProtocol(c *clusterv3.Cluster, note func(string, ...any)) HTTPProtocol 
 		return Downstream
 	}
 	return HTTP1
+}
+
+// inline wraps a cluster's inline load_assignment (nil when it has none).
+func inline(c *clusterv3.Cluster) *resources.Assignment {
+	if la := c.GetLoadAssignment(); la != nil {
+		return resources.NewAssignment(la)
+	}
+	return nil
 }

@@ -10,7 +10,6 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -148,7 +147,7 @@ type Options struct {
 // builtCluster remembers what a Cluster was translated from.
 type builtCluster struct {
 	src    *clusterv3.Cluster
-	la     *endpointv3.ClusterLoadAssignment
+	la     *resources.Assignment
 	out    *Cluster
 	issues []Issue
 }

@@ -61,9 +61,7 @@ type walkApplier struct {
 func (w *walkApplier) Apply(_ context.Context, s *resources.Set) error {
 	n := 0
 	for _, la := range s.Endpoints {
-		for _, l := range la.GetEndpoints() {
-			n += len(l.GetLbEndpoints())
-		}
+		n += len(la.Endpoints())
 	}
 	for _, l := range s.Listeners {
 		n += len(l.GetFilterChains())
@@ -169,7 +167,7 @@ func benchDeliver(b *testing.B, delta bool) {
 	next.Endpoints[changedName] = cla(changedName, "192.0.2.1")
 	app.want = func(s *resources.Set) bool {
 		la := s.Endpoints[changedName]
-		return la != nil && len(la.GetEndpoints()[0].GetLbEndpoints()) == 1
+		return la != nil && len(la.Endpoints()) == 1
 	}
 	t0 := time.Now()
 	if err := srv.srv.SetResources(ctx, next); err != nil {
@@ -244,7 +242,7 @@ func BenchmarkEndpointChange(b *testing.B) {
 				next.Endpoints[changed] = cla(changed, ip)
 				app.want = func(s *resources.Set) bool {
 					la := s.Endpoints[changed]
-					return la != nil && la.GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetAddress() == ip
+					return la != nil && la.Endpoints()[0].Addr.String() == ip
 				}
 				if err := srv.srv.SetResources(ctx, &next); err != nil {
 					b.Fatal(err)

@@ -75,7 +75,9 @@ type waiter struct {
 }
 
 type entry struct {
-	msg     proto.Message
+	// msg is the resource: its message (*clusterType, *listenerType,
+	// *routeType) or, for EDS, a compact *resources.Assignment.
+	msg     any
 	version string
 	updated time.Time
 	// routes are the RDS names a listener refers to (listeners only).
@@ -100,7 +102,7 @@ func sumOf(raw []byte) rawSum {
 	return rawSum{maphash.Bytes(rawSeeds[0], raw), maphash.Bytes(rawSeeds[1], raw), len(raw)}
 }
 
-func newEntry(m proto.Message, sum rawSum, version string, updated time.Time) *entry {
+func newEntry(m any, sum rawSum, version string, updated time.Time) *entry {
 	e := &entry{msg: m, version: version, updated: updated, sum: sum}
 	if l, ok := m.(*listenerType); ok {
 		names := map[string]bool{}
@@ -299,8 +301,13 @@ func (c *Client) loadPersisted(ctx context.Context) {
 	}
 	// Seed the working state so that the control plane's answers are merged
 	// onto what is being served.
-	fill := func(url string, name string, m proto.Message) {
-		raw, _ := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	fill := func(url string, name string, m any) {
+		var raw []byte
+		if la, ok := m.(*resources.Assignment); ok {
+			raw, _ = la.Wire()
+		} else {
+			raw, _ = proto.MarshalOptions{Deterministic: true}.Marshal(m.(proto.Message))
+		}
 		meta := p.Meta[url][name]
 		c.types[url].res[name] = newEntry(m, sumOf(raw), meta.Version, meta.LastUpdated)
 	}
@@ -814,7 +821,7 @@ func (c *Client) handle(ctx context.Context, sc *streamCtx, u *update) error {
 		return nil
 	}
 
-	decoded := make([]proto.Message, 0, len(u.resources))
+	decoded := make([]any, 0, len(u.resources))
 	sums := make([]rawSum, 0, len(u.resources))
 	versions := make([]string, 0, len(u.resources))
 	seenNames := make(map[string]bool, len(u.resources))
@@ -960,7 +967,7 @@ func (c *Client) handle(ctx context.Context, sc *streamCtx, u *update) error {
 
 // decodedRes is one resource of a response after decodeAll.
 type decodedRes struct {
-	msg proto.Message
+	msg any
 	err error
 	sum rawSum
 }

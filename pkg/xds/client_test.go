@@ -39,6 +39,14 @@ func TestSyncUpdateRemove(t *testing.T) {
 			if st.Types[xds.ClusterType].Version == "" || st.Types[xds.ClusterType].Resources != 3 {
 				t.Errorf("cluster type status: %+v", st.Types[xds.ClusterType])
 			}
+			// EDS resources are held in their compact form (wire bytes and
+			// an endpoint list), not as decoded message trees.
+			synced, _ := tc.rec.get()
+			for n, la := range synced.Endpoints {
+				if !la.Compact() {
+					t.Errorf("endpoints %q held as a decoded message", n)
+				}
+			}
 
 			// Update a cluster and a route.
 			want = cloneSet(want)
@@ -252,7 +260,7 @@ func TestPersistedStateServedWhileControlPlaneDown(t *testing.T) {
 	want := smallSet(2)
 	// A static cluster with an inline load assignment round-trips too.
 	want.Clusters["static"] = &clusterv3.Cluster{Name: "static", ConnectTimeout: durationpb.New(time.Second),
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}, LoadAssignment: cla("static", "127.0.0.1")}
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}, LoadAssignment: claMsg("static", "127.0.0.1")}
 	if err := srv.srv.SetResources(ctx, want); err != nil {
 		t.Fatal(err)
 	}

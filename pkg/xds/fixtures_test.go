@@ -51,7 +51,7 @@ func containsAll(got, want *resources.Set) string {
 		}
 	}
 	for n, v := range want.Endpoints {
-		if !proto.Equal(got.Endpoints[n], v) {
+		if !got.Endpoints[n].Equal(v) {
 			return "endpoints " + n
 		}
 	}

@@ -51,7 +51,11 @@ func edsCluster(name string) *clusterv3.Cluster {
 	}
 }
 
-func cla(service string, ips ...string) *endpointv3.ClusterLoadAssignment {
+func cla(service string, ips ...string) *resources.Assignment {
+	return resources.NewAssignment(claMsg(service, ips...))
+}
+
+func claMsg(service string, ips ...string) *endpointv3.ClusterLoadAssignment {
 	la := &endpointv3.ClusterLoadAssignment{ClusterName: service}
 	var lbs []*endpointv3.LbEndpoint
 	for _, ip := range ips {
@@ -138,7 +142,7 @@ func cloneSet(s *resources.Set) *resources.Set {
 		out.Clusters[k] = proto.Clone(v).(*clusterv3.Cluster)
 	}
 	for k, v := range s.Endpoints {
-		out.Endpoints[k] = proto.Clone(v).(*endpointv3.ClusterLoadAssignment)
+		out.Endpoints[k] = v // immutable
 	}
 	return out
 }
@@ -148,19 +152,21 @@ func diffSets(a, b *resources.Set) string {
 	if a == nil || b == nil {
 		return fmt.Sprintf("nil set (a=%v b=%v)", a != nil, b != nil)
 	}
-	if d := diffMap("listener", a.Listeners, b.Listeners); d != "" {
+	if d := diffMap("listener", a.Listeners, b.Listeners, protoEqual); d != "" {
 		return d
 	}
-	if d := diffMap("route", a.Routes, b.Routes); d != "" {
+	if d := diffMap("route", a.Routes, b.Routes, protoEqual); d != "" {
 		return d
 	}
-	if d := diffMap("cluster", a.Clusters, b.Clusters); d != "" {
+	if d := diffMap("cluster", a.Clusters, b.Clusters, protoEqual); d != "" {
 		return d
 	}
-	return diffMap("endpoints", a.Endpoints, b.Endpoints)
+	return diffMap("endpoints", a.Endpoints, b.Endpoints, (*resources.Assignment).Equal)
 }
 
-func diffMap[T proto.Message](kind string, a, b map[string]T) string {
+func protoEqual[T proto.Message](a, b T) bool { return proto.Equal(a, b) }
+
+func diffMap[T any](kind string, a, b map[string]T, equal func(T, T) bool) string {
 	if len(a) != len(b) {
 		return fmt.Sprintf("%d %ss vs %d", len(a), kind, len(b))
 	}
@@ -169,7 +175,7 @@ func diffMap[T proto.Message](kind string, a, b map[string]T) string {
 		if !ok {
 			return fmt.Sprintf("%s %q missing", kind, k)
 		}
-		if !proto.Equal(v, w) {
+		if !equal(v, w) {
 			return fmt.Sprintf("%s %q differs", kind, k)
 		}
 	}

@@ -57,9 +57,12 @@ func newMessage(typeURL string) (proto.Message, error) {
 	return nil, fmt.Errorf("unsupported resource type %q", typeURL)
 }
 
-// ResourceName returns the xDS name of one of the four resource types.
-func ResourceName(m proto.Message) string {
+// ResourceName returns the xDS name of one of the four resource types (EDS
+// resources as an endpoint message or a *resources.Assignment).
+func ResourceName(m any) string {
 	switch r := m.(type) {
+	case *resources.Assignment:
+		return r.ClusterName()
 	case *listenerv3.Listener:
 		return r.GetName()
 	case *routev3.RouteConfiguration:
@@ -91,8 +94,10 @@ func (e *ResourceError) Error() string {
 func (e *ResourceError) Unwrap() error { return e.Err }
 
 // decodeResource unmarshals and validates one resource of typeURL. expectName,
-// when non-empty (delta), must match the resource's own name.
-func decodeResource(typeURL string, a *anypb.Any, expectName string, idx int) (proto.Message, error) {
+// when non-empty (delta), must match the resource's own name. EDS resources
+// are returned as compact *resources.Assignment values (they keep a's
+// payload), the other types as their messages.
+func decodeResource(typeURL string, a *anypb.Any, expectName string, idx int) (any, error) {
 	fail := func(name string, err error) error {
 		return &ResourceError{TypeURL: typeURL, Name: name, Index: idx, Err: err}
 	}
@@ -118,6 +123,9 @@ func decodeResource(typeURL string, a *anypb.Any, expectName string, idx int) (p
 	}
 	if err := validate.Resource(m); err != nil {
 		return nil, fail(name, err)
+	}
+	if la, ok := m.(*endpointv3.ClusterLoadAssignment); ok {
+		return resources.CompactAssignment(la, a.GetValue()), nil
 	}
 	return m, nil
 }
@@ -178,7 +186,7 @@ func inlineEndpoints(set *resources.Set) {
 				n = name
 			}
 			if _, ok := set.Endpoints[n]; !ok {
-				set.Endpoints[n] = la
+				set.Endpoints[n] = resources.NewAssignment(la)
 			}
 		}
 	}
@@ -186,7 +194,7 @@ func inlineEndpoints(set *resources.Set) {
 
 type (
 	clusterType  = clusterv3.Cluster
-	endpointType = endpointv3.ClusterLoadAssignment
+	endpointType = resources.Assignment
 	listenerType = listenerv3.Listener
 	routeType    = routev3.RouteConfiguration
 )

@@ -200,7 +200,11 @@ func Check(set *resources.Set) error {
 		}
 	}
 	for _, n := range slices.Sorted(maps.Keys(set.Endpoints)) {
-		if err := validate.Resource(set.Endpoints[n]); err != nil {
+		m, err := set.Endpoints[n].Message()
+		if err == nil {
+			err = validate.Resource(m)
+		}
+		if err != nil {
 			return fmt.Errorf("endpoints %q: %w", n, err)
 		}
 	}
@@ -430,8 +434,8 @@ func checkNames(set *resources.Set) error {
 		}
 	}
 	for k, v := range set.Endpoints {
-		if v.GetClusterName() != "" && k != v.GetClusterName() {
-			return fmt.Errorf("endpoints keyed %q are for cluster_name %q", k, v.GetClusterName())
+		if v.ClusterName() != "" && k != v.ClusterName() {
+			return fmt.Errorf("endpoints keyed %q are for cluster_name %q", k, v.ClusterName())
 		}
 	}
 	return nil

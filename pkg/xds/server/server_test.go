@@ -91,7 +91,7 @@ func sameSet(a, b *resources.Set) bool {
 		}
 	}
 	for k, v := range a.Endpoints {
-		if !proto.Equal(v, b.Endpoints[k]) {
+		if !v.Equal(b.Endpoints[k]) {
 			return false
 		}
 	}

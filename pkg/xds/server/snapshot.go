@@ -28,9 +28,9 @@ type typeSnap struct {
 	resources map[string]types.ResourceWithTTL
 	plain     map[string]types.Resource
 	versions  map[string]string
-	// src is the message of the Set each resource was served from (plain
+	// src is the entry of the Set each resource was served from (plain
 	// may hold a copy), to recognise it in the next Set.
-	src map[string]proto.Message
+	src map[string]any
 }
 
 var servedTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
@@ -55,15 +55,18 @@ func newSnapshot(set *resources.Set, prev *snapshot) (*snapshot, int, error) {
 	}
 	endpoints := in[resourcev3.EndpointType]
 	for n, r := range set.Endpoints {
-		var m proto.Message = r
-		if r.GetClusterName() == "" {
-			// Inline load assignments may leave cluster_name empty.
-			if pt := prev.endpointSrc(n); pt == nil || pt != proto.Message(r) {
-				c := proto.Clone(r).(*endpointv3.ClusterLoadAssignment)
-				c.ClusterName = n
-				m = c
+		var m proto.Message // nil: the message served before is reused
+		if prev.endpointSrc(n) != any(r) {
+			la, err := r.Message()
+			if err != nil {
+				return nil, 0, err
 			}
-			// else the copy served before is reused.
+			if la.GetClusterName() == "" {
+				// Inline load assignments may leave cluster_name empty.
+				la = proto.Clone(la).(*endpointv3.ClusterLoadAssignment)
+				la.ClusterName = n
+			}
+			m = la
 		}
 		endpoints[n] = served{r, m}
 	}
@@ -92,7 +95,7 @@ func newSnapshot(set *resources.Set, prev *snapshot) (*snapshot, int, error) {
 			continue
 		}
 		var la proto.Message = &endpointv3.ClusterLoadAssignment{ClusterName: eds}
-		if pt := prev.endpointSrc(eds); pt != nil && proto.Equal(pt, la) {
+		if pt, ok := prev.endpointSrc(eds).(proto.Message); ok && proto.Equal(pt, la) {
 			la = pt // the empty assignment served before
 		}
 		endpoints[eds] = served{la, la}
@@ -113,9 +116,13 @@ func newSnapshot(set *resources.Set, prev *snapshot) (*snapshot, int, error) {
 	return s, filled, nil
 }
 
-// served is a resource as served (m) and the Set message it comes from
-// (src; m is src or a copy of it).
-type served struct{ src, m proto.Message }
+// served is a resource as served (m) and the Set entry it comes from (src:
+// a message, m being src or a copy of it, or a *resources.Assignment). m is
+// nil when src is the entry served before: its message is reused.
+type served struct {
+	src any
+	m   proto.Message
+}
 
 // newTypeSnap builds the resources of one type. When every resource is the
 // same message as in prev, prev itself is returned (type snapshots are never
@@ -135,7 +142,7 @@ func newTypeSnap(t string, in map[string]served, prev *typeSnap) (*typeSnap, err
 	}
 	n := len(in)
 	ts := &typeSnap{resources: make(map[string]types.ResourceWithTTL, n), plain: make(map[string]types.Resource, n),
-		versions: make(map[string]string, n), src: make(map[string]proto.Message, n)}
+		versions: make(map[string]string, n), src: make(map[string]any, n)}
 	names := make([]string, 0, n)
 	for name, r := range in {
 		names = append(names, name)
@@ -168,15 +175,15 @@ func newTypeSnap(t string, in map[string]served, prev *typeSnap) (*typeSnap, err
 	return ts, nil
 }
 
-// endpointSrc is the Set message endpoints name was served from (nil if
+// endpointSrc is the Set entry endpoints name was served from (nil if
 // none or s is nil).
-func (s *snapshot) endpointSrc(name string) proto.Message {
+func (s *snapshot) endpointSrc(name string) any {
 	return s.srcOf(resourcev3.EndpointType, name)
 }
 
-// srcOf is the Set message resource name of type t was served from (nil if
+// srcOf is the Set entry resource name of type t was served from (nil if
 // none or s is nil).
-func (s *snapshot) srcOf(t, name string) proto.Message {
+func (s *snapshot) srcOf(t, name string) any {
 	if s == nil {
 		return nil
 	}

@@ -8,6 +8,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -201,6 +202,9 @@ type decodeCache struct {
 	seeds     [2]maphash.Seed
 	listeners map[textKey]*listenerv3.Listener
 	clusters  map[textKey]*clusterv3.Cluster
+	// assignments are the Set entries made for the inline load
+	// assignments of the clusters above, by message.
+	assignments map[*endpointv3.ClusterLoadAssignment]*resources.Assignment
 }
 
 type textKey struct {
@@ -268,6 +272,19 @@ func (c *decodeCache) decode(data []byte) (set *resources.Set, handled bool, err
 	if err != nil {
 		return nil, true, err
 	}
-	c.listeners, c.clusters = nl, nc
+	// An unchanged cluster's load assignment keeps its Set entry, so the
+	// server sees it unchanged (entries are compared by identity).
+	na := make(map[*endpointv3.ClusterLoadAssignment]*resources.Assignment, len(set.Endpoints))
+	for n, a := range set.Endpoints {
+		m, err := a.Message() // message-backed: the cluster's own message
+		if err != nil {
+			return nil, true, err
+		}
+		if old := c.assignments[m]; old != nil {
+			set.Endpoints[n], a = old, old
+		}
+		na[m] = a
+	}
+	c.listeners, c.clusters, c.assignments = nl, nc, na
 	return set, true, nil
 }

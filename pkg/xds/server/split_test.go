@@ -75,7 +75,12 @@ func TestDecodeCacheReusesUnchanged(t *testing.T) {
 			t.Errorf("unchanged listener %s decoded again", n)
 		}
 	}
-	if got := second.Endpoints["c7"].GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetPortValue(); got != 81 {
+	for n, a := range second.Endpoints {
+		if (a == first.Endpoints[n]) == (n == "c7") {
+			t.Errorf("endpoints %s: reused=%v", n, a == first.Endpoints[n])
+		}
+	}
+	if got := second.Endpoints["c7"].Endpoints()[0].Port; got != 81 {
 		t.Errorf("changed endpoint port %d, want 81", got)
 	}
 	// The snapshot reuses the versions of the unchanged resources.
@@ -174,7 +179,7 @@ func setDiff(a, b *resources.Set) string {
 		}
 	}
 	for n, m := range a.Endpoints {
-		if !proto.Equal(m, b.Endpoints[n]) {
+		if !m.Equal(b.Endpoints[n]) {
 			return "endpoints " + n
 		}
 	}

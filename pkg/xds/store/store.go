@@ -19,7 +19,6 @@ import (
 	"unicode/utf8"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"go.uber.org/zap"
@@ -129,8 +128,14 @@ func EncodeTo(w io.Writer, p *xds.Persisted) error {
 	// peak), only the serialised form of one resource at a time.
 	first := true
 	var scratch, tmp []byte
-	add := func(typeURL, name string, m proto.Message) error {
-		v, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend(scratch[:0], m)
+	add := func(typeURL, name string, m any) error {
+		var v []byte
+		var err error
+		if la, ok := m.(*resources.Assignment); ok {
+			v, err = la.AppendWire(scratch[:0])
+		} else {
+			v, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(scratch[:0], m.(proto.Message))
+		}
 		if err != nil {
 			return fmt.Errorf("xds store: marshal %s %q: %w", xds.ShortType(typeURL), name, err)
 		}
@@ -219,7 +224,7 @@ func appendJSONString(b []byte, s string) []byte {
 }
 
 // addAll calls add for every resource of m in name order.
-func addAll[T proto.Message](m map[string]T, typeURL string, add func(typeURL, name string, m proto.Message) error) error {
+func addAll[T any](m map[string]T, typeURL string, add func(typeURL, name string, m any) error) error {
 	for _, n := range slices.Sorted(maps.Keys(m)) {
 		if err := add(typeURL, n, m[n]); err != nil {
 			return err
@@ -301,8 +306,8 @@ func Decode(data []byte) (*xds.Persisted, error) {
 				return nil, fail(err)
 			}
 		case xds.EndpointType:
-			la := &endpointv3.ClusterLoadAssignment{}
-			if err := proto.Unmarshal(r.Value, la); err != nil {
+			la, err := resources.DecodeAssignment(r.Value)
+			if err != nil {
 				return nil, fail(err)
 			}
 			name = r.Name // inline assignments may be keyed by cluster name

@@ -25,7 +25,7 @@ func sample() *xds.Persisted {
 	set := resources.New()
 	set.Version = "cds=1,eds=2,lds=3,rds=4"
 	set.Clusters["a"] = &clusterv3.Cluster{Name: "a", ConnectTimeout: durationpb.New(time.Second)}
-	set.Endpoints["a"] = &endpointv3.ClusterLoadAssignment{ClusterName: "a"}
+	set.Endpoints["a"] = resources.NewAssignment(&endpointv3.ClusterLoadAssignment{ClusterName: "a"})
 	set.Listeners["l"] = &listenerv3.Listener{Name: "l"}
 	set.Routes["r"] = &routev3.RouteConfiguration{Name: "r"}
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -61,7 +61,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatalf("resource meta: %+v", m)
 	}
 	if !proto.Equal(out.Set.Clusters["a"], in.Set.Clusters["a"]) || !proto.Equal(out.Set.Listeners["l"], in.Set.Listeners["l"]) ||
-		!proto.Equal(out.Set.Routes["r"], in.Set.Routes["r"]) || !proto.Equal(out.Set.Endpoints["a"], in.Set.Endpoints["a"]) {
+		!proto.Equal(out.Set.Routes["r"], in.Set.Routes["r"]) || !out.Set.Endpoints["a"].Equal(in.Set.Endpoints["a"]) {
 		t.Fatal("resources differ after round trip")
 	}
 	// No temporary files left behind.
