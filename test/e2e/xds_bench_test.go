@@ -36,7 +36,8 @@ const (
 // RSS, and how long a one-endpoint change and a one-listener addition take
 // to reach the proxy and the BPF capture table. It only runs with
 // MESHLET_BENCH=1 and writes Markdown to MESHLET_BENCH_XDS_OUT when set
-// (and the agent's heap profiles to the folder MESHLET_BENCH_XDS_PROFILE).
+// (and the agent's profiles and start-up logs to the folder
+// MESHLET_BENCH_XDS_PROFILE).
 func TestBenchXDS(t *testing.T) {
 	if os.Getenv("MESHLET_BENCH") != "1" {
 		t.Skip("benchmark: run with MESHLET_BENCH=1 (make bench)")
@@ -113,6 +114,11 @@ func TestBenchXDS(t *testing.T) {
 				<-startProf
 			}
 			log := m.log.String() // a new buffer per start
+			if dir := os.Getenv("MESHLET_BENCH_XDS_PROFILE"); dir != "" {
+				if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("agent-%s-%d.log", mode, k)), []byte(log), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
 			ts := appliedTimes(t, log)
 			run := logTimes(t, log, "node agent running")
 			if len(ts) == 0 || len(run) == 0 {
