@@ -115,9 +115,13 @@ func (a *Assignment) Message() (*endpointv3.ClusterLoadAssignment, error) {
 	return m, nil
 }
 
-// Wire returns the resource's protobuf encoding: the bytes a compact
-// Assignment was made from, or a deterministic encoding of the message.
+// Wire returns the resource's protobuf encoding: the very bytes a compact
+// Assignment was made from (shared, not to be modified), or a
+// deterministic encoding of the message.
 func (a *Assignment) Wire() ([]byte, error) {
+	if a.msg == nil {
+		return a.wire, nil
+	}
 	return a.AppendWire(nil)
 }
 
