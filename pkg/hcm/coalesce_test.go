@@ -98,3 +98,118 @@ func TestCoalescingConnBackpressure(t *testing.T) {
 		t.Fatal("blocked writer not released by Close")
 	}
 }
+
+// h2frame returns an HTTP/2 frame of type typ with flags and n payload bytes.
+func h2frame(typ, flags byte, n int) []byte {
+	f := make([]byte, 9+n)
+	f[0], f[1], f[2], f[3], f[4] = byte(n>>16), byte(n>>8), byte(n), typ, flags
+	return f
+}
+
+// PING acks (with any WINDOW_UPDATEs) wait for the next write (which carries
+// them, in order) or for ctlDelay; anything else leaves at once.
+func TestCoalescingConnDefersControl(t *testing.T) {
+	a, b := tcpPair(t)
+	cc := newCoalescingConn(a, false)
+	cc.deferControl(3) // a 3-byte "preface" first
+	defer cc.Close()
+	pending := func() (int, bool) {
+		cc.mu.Lock()
+		defer cc.mu.Unlock()
+		return len(cc.buf), cc.ctlOnly
+	}
+	readN := func(n int) []byte {
+		t.Helper()
+		buf := make([]byte, n)
+		b.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(b, buf); err != nil {
+			t.Fatalf("peer read: %v", err)
+		}
+		// The peer can have the bytes before the flusher's write returns;
+		// wait for the flusher to be done (writes while it is busy follow
+		// at once by design).
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			cc.mu.Lock()
+			idle := !cc.busy && len(cc.buf) == 0
+			cc.mu.Unlock()
+			if idle {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("flusher still busy")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		return buf
+	}
+	settings := append([]byte("PRI"), h2frame(0x4, 0, 6)...)
+	if _, err := cc.Write(settings); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(readN(len(settings)), settings) {
+		t.Fatal("preface and SETTINGS altered")
+	}
+
+	pingAck := h2frame(0x6, 0x1, 8)
+	wu := h2frame(0x8, 0, 4)
+	if _, err := cc.Write(pingAck); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cc.Write(wu); err != nil { // joins the held ack
+		t.Fatal(err)
+	}
+	if n, ctl := pending(); n != len(pingAck)+len(wu) || !ctl {
+		t.Fatalf("after PING ack + WINDOW_UPDATE: %d bytes pending (control only: %v), want them held", n, ctl)
+	}
+	data := h2frame(0x0, 0x1, 100)
+	if _, err := cc.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	want := append(append(append([]byte{}, pingAck...), wu...), data...)
+	if got := readN(len(want)); !bytes.Equal(got, want) {
+		t.Fatal("held frames and DATA not delivered in order")
+	}
+
+	// Alone, an ack leaves after ctlDelay.
+	start := time.Now()
+	if _, err := cc.Write(pingAck); err != nil {
+		t.Fatal(err)
+	}
+	readN(len(pingAck))
+	if d := time.Since(start); d < ctlDelay/2 {
+		t.Errorf("lone PING ack sent after %v, want it held about %v", d, ctlDelay)
+	}
+
+	// A PING (no ack), a WINDOW_UPDATE alone (a sender may be waiting
+	// for it) or a frame split across writes is not held.
+	if _, err := cc.Write(wu); err != nil {
+		t.Fatal(err)
+	}
+	if _, ctl := pending(); ctl {
+		t.Fatal("lone WINDOW_UPDATE held")
+	}
+	readN(len(wu))
+	if _, err := cc.Write(h2frame(0x6, 0, 8)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ctl := pending(); ctl {
+		t.Fatal("PING without ACK held")
+	}
+	readN(17)
+	split := h2frame(0x6, 0x1, 8)
+	cc.Write(split[:5])
+	cc.Write(split[5:])
+	if _, ctl := pending(); ctl {
+		t.Fatal("frame split across writes held")
+	}
+	readN(len(split))
+
+	// Close sends what is held.
+	if _, err := cc.Write(pingAck); err != nil {
+		t.Fatal(err)
+	}
+	cc.Close()
+	if got := readN(len(pingAck)); !bytes.Equal(got, pingAck) {
+		t.Fatal("Close dropped a held PING ack")
+	}
+}

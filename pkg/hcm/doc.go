@@ -20,7 +20,10 @@
 //   - h2c goes to golang.org/x/net/http2's server over a connection whose
 //     reads are buffered (x/net reads each frame header and payload with
 //     its own read otherwise) and whose writes are coalesced (coalesce.go):
-//     a response's HEADERS, DATA and trailers leave in one write.
+//     a response's HEADERS, DATA and trailers leave in one write, and a
+//     PING ack (WINDOW_UPDATEs may join it) waits at most ctlDelay, 1 ms,
+//     for the next frames to travel with, so grpc-go's per-call BDP ping
+//     costs no write of its own on either side of the proxy.
 //
 // Upstream, HTTP/1.1 requests with a known body of at most 64 KiB use a
 // synchronous client (h1client.go: one write per request, response read
@@ -46,6 +49,16 @@
 // Endpoint selection belongs to the caller through the Upstreams
 // interface. Every request produces an access-log Entry carrying Envoy's
 // response flags (NR, UF, UT, UC, DC, URX, NC, UH, SI, DPE, LR).
+//
+// Socket I/O on these hot paths (rawio.go) uses read(2) and write(2) on
+// the non-blocking socket directly, waiting through the runtime's poller
+// (syscall.RawConn): net.Conn's system calls wake Go's sysmon thread each
+// time the process comes out of idle, which cost a quarter of the CPU of a
+// gRPC call. The synchronous client writes a request and waits for its
+// response without first reading an empty socket (writeAwait), and the
+// HTTP/1.1 fast path yields once before reading the next request, which
+// the client has usually sent by then: per proxied request, two writes
+// and two reads.
 //
 // No code path copies between two *net.TCPConn with io.Copy: connections
 // are wrapped so the splice(2) fast path (which stalls on sockmap

@@ -39,15 +39,17 @@ type h1Pool struct {
 // upConn is one pooled upstream connection.
 type upConn struct {
 	c         net.Conn
+	rd        io.Reader  // c's reader (rawio.go)
+	sock      *rawSocket // c's socket, nil when raw I/O is not possible
 	br        *bufio.Reader
-	bw        *bufio.Writer
+	wb        bytes.Buffer // the request being written
 	nread     int64
 	reused    bool
 	idleSince time.Time
 }
 
 func (u *upConn) Read(p []byte) (int, error) {
-	n, err := u.c.Read(p)
+	n, err := u.rd.Read(p)
 	u.nread += int64(n)
 	return n, err
 }
@@ -84,9 +86,13 @@ func (hp *h1Pool) get(ctx context.Context, addr string) (*upConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := &upConn{c: c}
+	u := &upConn{c: c, rd: c}
+	if sock, _ := socketOf(c); sock != nil {
+		if u.sock = newRawSocket(sock); u.sock != nil {
+			u.rd = u.sock
+		}
+	}
 	u.br = bufio.NewReaderSize(u, 16<<10)
-	u.bw = bufio.NewWriterSize(c, 16<<10)
 	return u, nil
 }
 
@@ -156,7 +162,7 @@ func (hp *h1Pool) close() {
 var fastExcluded = map[string]bool{"Host": true, "User-Agent": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true}
 
 // writeHead serialises the request head into bw.
-func writeHead(bw *bufio.Writer, req *http.Request, body []byte) error {
+func writeHead(bw *bytes.Buffer, req *http.Request, body []byte) error {
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
@@ -238,9 +244,19 @@ func (hp *h1Pool) roundTrip(req *http.Request, rc *reqCancel) (*http.Response, e
 			stop = context.AfterFunc(ctx, func() { _ = u.c.SetDeadline(aLongTimeAgo) })
 		}
 		u.nread = 0
-		err = writeHead(u.bw, req, body)
+		u.wb.Reset()
+		err = writeHead(&u.wb, req, body)
 		if err == nil {
-			err = u.bw.Flush()
+			if u.sock != nil {
+				// Write, then wait for the response without a first read
+				// that could only find nothing.
+				_, err = u.sock.writeAwait(u.wb.Bytes())
+			} else {
+				_, err = u.c.Write(u.wb.Bytes())
+			}
+		}
+		if u.wb.Cap() > 16<<10 {
+			u.wb = bytes.Buffer{} // idle pooled connections keep at most 16 KiB
 		}
 		var resp *http.Response
 		var left int64 = -1

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,7 +57,7 @@ const (
 // dsReader is the downstream conn as seen by the bufio.Reader: the byte a
 // watcher read (the start of a pipelined request) comes first.
 type dsReader struct {
-	c   net.Conn
+	r   io.Reader // the connection's reader (rawio.go)
 	b   byte
 	has bool
 }
@@ -66,7 +67,7 @@ func (d *dsReader) Read(p []byte) (int, error) {
 		p[0], d.has = d.b, false
 		return 1, nil
 	}
-	return d.c.Read(p)
+	return d.r.Read(p)
 }
 
 // fastConn is one downstream HTTP/1.1 connection on the fast path.
@@ -99,12 +100,13 @@ type fastConn struct {
 // or must be handed to net/http.
 func (m *Manager) serveH1(ctx context.Context, sc *serverConn) error {
 	c := &fastConn{m: m, sc: sc, raw: sc.Conn, remote: sc.RemoteAddr().String()}
-	c.ds.c = c.raw
+	var w io.Writer
+	c.ds.r, w = newRawIO(c.raw)
 	c.ctx = context.WithValue(ctx, connInfoKey{}, &sc.info)
 	c.br = fastReaders.Get().(*bufio.Reader)
 	c.br.Reset(&c.ds)
 	c.bw = fastWriters.Get().(*bufio.Writer)
-	c.bw.Reset(c.raw)
+	c.bw.Reset(w)
 	c.rw.c = c
 	c.rw.h = make(http.Header, 16)
 	c.body.c = c
@@ -200,6 +202,13 @@ func (c *fastConn) loop() error {
 		case dl:
 			_ = c.raw.SetReadDeadline(time.Time{})
 			dl = false
+		}
+		if !first && c.br.Buffered() == 0 && !c.ds.has {
+			// The client has only just been sent the response: let the
+			// other runnable goroutines go first, which gives it time to
+			// send its next request, rather than find the socket empty
+			// now (a read that fails with EAGAIN, then a poller wait).
+			runtime.Gosched()
 		}
 		if _, err := c.br.Peek(1); err != nil {
 			return nil

@@ -247,7 +247,9 @@ func (m *Manager) ServeConn(ctx context.Context, c net.Conn, proto sniff.Protoco
 		sc.info.h2 = true
 		// x/net's server flushes per frame batch; coalesce what it writes
 		// while the handlers are busy into one write.
-		sc.Conn = newCoalescingConn(c, true)
+		cc := newCoalescingConn(c, true)
+		cc.deferControl(0)
+		sc.Conn = cc
 		m.h2.ServeConn(sc, &http2.ServeConnOpts{
 			Context:    context.WithValue(ctx, connInfoKey{}, &sc.info),
 			BaseConfig: m.h1,

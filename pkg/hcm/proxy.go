@@ -679,10 +679,12 @@ var hopHeaders = [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Tr
 func stripHopByHop(h http.Header, keepUpgrade bool) {
 	if c, ok := h["Connection"]; ok {
 		for _, v := range c {
-			for _, tok := range strings.Split(v, ",") {
+			for v != "" {
+				var tok string
+				tok, v, _ = strings.Cut(v, ",")
 				tok = strings.TrimSpace(tok)
 				if tok != "" && !(keepUpgrade && strings.EqualFold(tok, "upgrade")) {
-					delete(h, http.CanonicalHeaderKey(tok))
+					delete(h, connectionOption(tok))
 				}
 			}
 		}
@@ -705,6 +707,22 @@ func stripHopByHop(h http.Header, keepUpgrade bool) {
 		}
 		delete(h, k)
 	}
+}
+
+// connectionOption returns the header name a Connection option names,
+// without allocating for the common options.
+func connectionOption(tok string) string {
+	switch {
+	case strings.EqualFold(tok, "keep-alive"):
+		return "Keep-Alive"
+	case strings.EqualFold(tok, "close"):
+		return "Close"
+	case strings.EqualFold(tok, "upgrade"):
+		return "Upgrade"
+	case strings.EqualFold(tok, "te"):
+		return "Te"
+	}
+	return http.CanonicalHeaderKey(tok)
 }
 
 func headerHasToken(vals []string, tok string) bool {

@@ -3,6 +3,7 @@ package hcm
 import (
 	"math"
 	"net/http"
+	"reflect"
 	"sync"
 	"testing"
 )
@@ -353,4 +354,28 @@ func FuzzRouteMatch(f *testing.F) {
 		_ = headerHasToken([]string{host, path}, hv)
 		_ = envoySubst(path)
 	})
+}
+
+// Connection options name the headers to drop, in any case; the common
+// options map to the same names http.CanonicalHeaderKey gives.
+func TestStripHopByHop(t *testing.T) {
+	for _, tok := range []string{"keep-alive", "KEEP-ALIVE", "Close", "upgrade", "te", "TE", "x-foo", "X-Custom-Hop"} {
+		if got, want := connectionOption(tok), http.CanonicalHeaderKey(tok); got != want {
+			t.Errorf("connectionOption(%q) = %q, want %q", tok, got, want)
+		}
+	}
+	h := http.Header{
+		"Connection": {"keep-alive, X-Foo ,close", "upgrade"}, "Keep-Alive": {"timeout=5"}, "X-Foo": {"1"},
+		"Close": {"x"}, "Upgrade": {"websocket"}, "Te": {"gzip, trailers"}, "X-Keep": {"y"},
+	}
+	stripHopByHop(h, true)
+	want := http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Te": {"trailers"}, "X-Keep": {"y"}}
+	if !reflect.DeepEqual(h, want) {
+		t.Errorf("keepUpgrade: got %v, want %v", h, want)
+	}
+	h = http.Header{"Connection": {"X-Foo"}, "X-Foo": {"1"}, "Upgrade": {"h2c"}, "Te": {"gzip"}}
+	stripHopByHop(h, false)
+	if len(h) != 0 {
+		t.Errorf("got %v, want no headers", h)
+	}
 }

@@ -184,7 +184,9 @@ func (p *Pools) cluster(name string) *clusterPool {
 				if err != nil {
 					return nil, err
 				}
-				return newCoalescingConn(c, false), nil
+				cc := newCoalescingConn(c, false)
+				cc.deferControl(len(http2.ClientPreface))
+				return cc, nil
 			},
 			DisableCompression: true,
 			ReadIdleTimeout:    30 * time.Second,

@@ -21,6 +21,13 @@
 //	go build -o /tmp/httpbench ./test/bench/http
 //	/tmp/httpbench -targets meshlet,haproxy -baseline /tmp/httpbench-base
 //
+// The host is shared and its load moves figures by tens of percent between
+// runs: -rounds N measures every target N times, interleaved, and reports
+// medians (per-round figures go to stderr); -grpc-targets limits the gRPC
+// paths (direct is always measured), e.g. for a gRPC-only comparison:
+//
+//	/tmp/httpbench -targets none -grpc-targets meshlet,baseline -rounds 3 -baseline /tmp/httpbench-base
+//
 // Every config, pid and log file lives in a temp dir removed on exit; the
 // system nginx/haproxy configuration is never read or touched. All traffic
 // is on 127.0.0.1.

@@ -65,7 +65,9 @@ func run() error {
 	pin := flag.Bool("pin", true, "pin proxies to CPU 0 and wrk/upstreams to CPU 1 (false: no pinning, GOMAXPROCS unset for meshlet)")
 	baseline := flag.String("baseline", "", "also measure this build of the bench binary's proxy (e.g. built from git HEAD) as target \"baseline\"")
 	prof := flag.String("cpuprofile", "", "write a CPU profile of the meshlet proxy to this file")
-	only := flag.String("targets", "direct,meshlet,haproxy,nginx", "comma-separated wrk targets to run")
+	only := flag.String("targets", "direct,meshlet,haproxy,nginx", "comma-separated wrk targets to run (none: gRPC only)")
+	grpcOnly := flag.String("grpc-targets", "direct,meshlet,haproxy,baseline", "comma-separated gRPC paths to run (direct is always measured)")
+	rounds := flag.Int("rounds", 1, "measure every target this many times, interleaved, and report medians (the machine is shared: use ≥ 3 to compare builds)")
 	flag.Parse()
 
 	for _, tool := range []string{"wrk", "nginx", "haproxy", "taskset"} {
@@ -148,7 +150,9 @@ func run() error {
 		if err := waitPort(ctx, basePort, 10*time.Second); err != nil {
 			return fmt.Errorf("baseline port %d not ready: %w", basePort, err)
 		}
-		*only += ",baseline"
+		if *only != "none" { // "none": gRPC only
+			*only += ",baseline"
+		}
 	}
 	haConf, err := writeHAProxy(tmp, haPort, upPort, haGRPCPort, grpcPort)
 	if err != nil {
@@ -184,28 +188,40 @@ func run() error {
 		{"nginx 1.22 reverse proxy", ngPort, ng},
 	}
 	var results []result
-	for _, tg := range targets {
-		if !strings.Contains(*only, strings.ToLower(strings.Fields(tg.name)[0])) {
-			continue
+	perTarget := map[string][]result{}
+	for round := range max(*rounds, 1) {
+		for _, tg := range targets {
+			if !strings.Contains(*only, strings.ToLower(strings.Fields(tg.name)[0])) {
+				continue
+			}
+			url := fmt.Sprintf("http://127.0.0.1:%d/", tg.port)
+			if _, err := wrk(ctx, url, *conns, time.Second); err != nil { // warm-up
+				return fmt.Errorf("%s warm-up: %w", tg.name, err)
+			}
+			var before time.Duration
+			if tg.cmd != nil {
+				before = cpuTime(tg.cmd.Process.Pid)
+			}
+			r, err := wrk(ctx, url, *conns, *dur)
+			if err != nil {
+				return fmt.Errorf("%s: %w", tg.name, err)
+			}
+			r.name = tg.name
+			if tg.cmd != nil && r.total > 0 {
+				r.cpuPerRq = (cpuTime(tg.cmd.Process.Pid) - before) / time.Duration(r.total)
+			}
+			if round == 0 {
+				results = append(results, r.result)
+			}
+			perTarget[tg.name] = append(perTarget[tg.name], r.result)
+			fmt.Fprintf(os.Stderr, "round %d %-28s %10.0f req/s  p99 %8v  cpu/req %v %s\n", round, r.name, r.rps, r.p99, r.cpuPerRq, r.errors)
 		}
-		url := fmt.Sprintf("http://127.0.0.1:%d/", tg.port)
-		if _, err := wrk(ctx, url, *conns, time.Second); err != nil { // warm-up
-			return fmt.Errorf("%s warm-up: %w", tg.name, err)
-		}
-		var before time.Duration
-		if tg.cmd != nil {
-			before = cpuTime(tg.cmd.Process.Pid)
-		}
-		r, err := wrk(ctx, url, *conns, *dur)
-		if err != nil {
-			return fmt.Errorf("%s: %w", tg.name, err)
-		}
-		r.name = tg.name
-		if tg.cmd != nil && r.total > 0 {
-			r.cpuPerRq = (cpuTime(tg.cmd.Process.Pid) - before) / time.Duration(r.total)
-		}
-		results = append(results, r.result)
-		fmt.Fprintf(os.Stderr, "%-28s %10.0f req/s  p99 %8v  cpu/req %v %s\n", r.name, r.rps, r.p99, r.cpuPerRq, r.errors)
+	}
+	for i := range results {
+		rs := perTarget[results[i].name]
+		results[i].rps = median(rs, func(r result) float64 { return r.rps })
+		results[i].p99 = time.Duration(median(rs, func(r result) float64 { return float64(r.p99) }))
+		results[i].cpuPerRq = time.Duration(median(rs, func(r result) float64 { return float64(r.cpuPerRq) }))
 	}
 
 	// gRPC: p50 of sequential unary calls, and the proxy's CPU per call
@@ -230,28 +246,43 @@ func run() error {
 			{"HAProxy 2.6 (h2c both sides)", haGRPCPort, ha},
 			{"baseline (" + filepath.Base(*baseline) + ")", basePort, base},
 		}
-		for _, pth := range paths {
-			if pth.port == basePort && base == nil {
-				continue
+		perPath := map[string][]grpcRow{}
+		for range max(*rounds, 1) {
+			for _, pth := range paths {
+				if pth.port == basePort && base == nil {
+					continue
+				}
+				if pth.port != grpcPort && !strings.Contains(*grpcOnly, strings.ToLower(strings.Fields(pth.name)[0])) {
+					continue
+				}
+				var before time.Duration
+				if pth.cmd != nil {
+					before = runTime(pth.cmd.Process.Pid)
+				}
+				p50, calls, err := grpcP50(ctx, fmt.Sprintf("127.0.0.1:%d", pth.port), *grpcN)
+				if err != nil {
+					return fmt.Errorf("grpc via %s: %w", pth.name, err)
+				}
+				row := grpcRow{name: pth.name, p50: p50}
+				if pth.cmd != nil {
+					row.cpuPer = (runTime(pth.cmd.Process.Pid) - before) / time.Duration(calls)
+				}
+				if len(perPath[pth.name]) == 0 {
+					grpcRows = append(grpcRows, row)
+				}
+				perPath[pth.name] = append(perPath[pth.name], row)
+				fmt.Fprintf(os.Stderr, "grpc %-28s p50 %v cpu/call %v\n", pth.name, p50, row.cpuPer)
 			}
-			var before time.Duration
-			if pth.cmd != nil {
-				before = runTime(pth.cmd.Process.Pid)
-			}
-			p50, calls, err := grpcP50(ctx, fmt.Sprintf("127.0.0.1:%d", pth.port), *grpcN)
-			if err != nil {
-				return fmt.Errorf("grpc via %s: %w", pth.name, err)
-			}
-			row := grpcRow{name: pth.name, p50: p50}
-			if pth.cmd != nil {
-				row.cpuPer = (runTime(pth.cmd.Process.Pid) - before) / time.Duration(calls)
-			}
-			grpcRows = append(grpcRows, row)
-			switch pth.port {
-			case grpcPort:
-				direct = p50
-			case meshPort:
-				via = p50
+		}
+		for i := range grpcRows {
+			rs := perPath[grpcRows[i].name]
+			grpcRows[i].p50 = time.Duration(median(rs, func(r grpcRow) float64 { return float64(r.p50) }))
+			grpcRows[i].cpuPer = time.Duration(median(rs, func(r grpcRow) float64 { return float64(r.cpuPer) }))
+			switch grpcRows[i].name {
+			case "direct":
+				direct = grpcRows[i].p50
+			case "meshlet hcm":
+				via = grpcRows[i].p50
 			}
 		}
 	}
@@ -304,6 +335,23 @@ func formatReport(rs []result, grpcDirect, grpcVia time.Duration, d time.Duratio
 	fmt.Fprintf(&b, "\ngRPC unary (grpc.testing.TestService/UnaryCall, sequential): p50 direct %v, via meshlet %v: **%.2f×** (goal ≤ 1.10×).\n",
 		grpcDirect.Round(time.Microsecond), grpcVia.Round(time.Microsecond), float64(grpcVia)/float64(grpcDirect))
 	return b.String()
+}
+
+// median returns the median of f over xs (the mean of the middle two for
+// an even count).
+func median[T any](xs []T, f func(T) float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	v := make([]float64, len(xs))
+	for i, x := range xs {
+		v[i] = f(x)
+	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
 func cpuModel() string {
