@@ -213,3 +213,68 @@ func TestCoalescingConnDefersControl(t *testing.T) {
 		t.Fatal("Close dropped a held PING ack")
 	}
 }
+
+// FuzzScanFrames checks the frame-boundary tracking of deferControl against
+// a model: the input describes a stream of frames (type, flags, payload
+// length) cut into writes at arbitrary points; for every write, scanFrames
+// must report "control only" exactly when the write is whole frames of
+// PING acks and WINDOW_UPDATEs, and "ack" when a PING ack's header ends in
+// it (and the write does not end inside a header).
+func FuzzScanFrames(f *testing.F) {
+	f.Add([]byte{0x6, 0x1, 8, 0, 0x8, 0, 4, 0, 0x0, 0x1, 100, 3}, []byte{17, 1, 9, 40})
+	f.Add([]byte{0x1, 0x4, 30, 0, 0x6, 0x0, 8, 0}, []byte{9, 9, 0, 200})
+	f.Fuzz(func(t *testing.T, spec, cuts []byte) {
+		type frame struct {
+			start, hdrEnd, end int
+			ctl, ack           bool
+		}
+		var stream []byte
+		var frames []frame
+		for i := 0; i+4 <= len(spec) && len(frames) < 64; i += 4 {
+			typ, flags := spec[i], spec[i+1]
+			n := int(binary.BigEndian.Uint16(spec[i+2:])) % 600
+			fr := frame{start: len(stream), hdrEnd: len(stream) + 9}
+			stream = append(stream, h2frame(typ, flags, n)...)
+			fr.end = len(stream)
+			fr.ack = typ == 0x6 && flags&0x1 != 0
+			fr.ctl = fr.ack || typ == 0x8
+			frames = append(frames, fr)
+		}
+		boundary := map[int]bool{0: true}
+		for _, fr := range frames {
+			boundary[fr.end] = true
+		}
+		c := &coalescingConn{frames: true}
+		for pos, k := 0, 0; pos < len(stream); k++ {
+			n := len(stream) - pos
+			if k < len(cuts) {
+				n = min(n, int(cuts[k])+1)
+			}
+			end := pos + n
+			wantCtl := boundary[pos] && boundary[end]
+			wantAck, midHeader := false, false
+			for _, fr := range frames {
+				if fr.hdrEnd > pos && fr.hdrEnd <= end {
+					wantAck = wantAck || fr.ack
+				}
+				if fr.start < end && fr.end > pos && !fr.ctl {
+					wantCtl = false
+				}
+				if fr.start < end && end < fr.hdrEnd {
+					midHeader = true
+				}
+			}
+			if midHeader {
+				wantCtl, wantAck = false, false
+			}
+			ctl, ack := c.scanFrames(stream[pos:end])
+			if ctl != wantCtl || ack != wantAck {
+				t.Fatalf("write [%d,%d) of %d: scanFrames = (ctl %v, ack %v), want (%v, %v)", pos, end, len(stream), ctl, ack, wantCtl, wantAck)
+			}
+			pos = end
+		}
+		if c.rem != 0 || c.hn != 0 {
+			t.Fatalf("after the whole stream: %d payload bytes and %d header bytes still expected", c.rem, c.hn)
+		}
+	})
+}
