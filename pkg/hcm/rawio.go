@@ -159,15 +159,9 @@ type rawReader struct {
 	s   *rawSocket
 }
 
-// newRawReader returns a reader for c that bypasses c's Read once that is
-// equivalent, or c itself when raw I/O is not possible.
-func newRawReader(c net.Conn) io.Reader {
-	r, _ := newRawIO(c)
-	return r
-}
-
-// newRawIO returns a reader and a writer for c (see newRawReader and
-// newRawWriter) sharing one rawSocket.
+// newRawIO returns a reader and a writer for c sharing one rawSocket: the
+// reader replays what a sniffer peeked first, then reads the socket with
+// raw system calls. When raw I/O is not possible, both are c itself.
 func newRawIO(c net.Conn) (io.Reader, io.Writer) {
 	sock, pre := socketOf(c)
 	s := newRawSocket(sock)
@@ -185,14 +179,4 @@ func (r *rawReader) Read(p []byte) (int, error) {
 		r.pre = nil
 	}
 	return r.s.Read(p)
-}
-
-// newRawWriter returns a writer for c's socket with raw system calls, or
-// c itself.
-func newRawWriter(c net.Conn) io.Writer {
-	sock, _ := socketOf(c)
-	if s := newRawSocket(sock); s != nil {
-		return s
-	}
-	return c
 }

@@ -57,8 +57,8 @@ func TestRawSocketReadWrite(t *testing.T) {
 	if newRawSocket(p1) != nil {
 		t.Fatal("raw socket for a net.Pipe")
 	}
-	if r := newRawReader(p1); r != io.Reader(p1) {
-		t.Fatalf("newRawReader(pipe) = %T, want the pipe itself", r)
+	if r, _ := newRawIO(p1); r != io.Reader(p1) {
+		t.Fatalf("newRawIO(pipe) reader = %T, want the pipe itself", r)
 	}
 }
 
@@ -154,9 +154,9 @@ func TestRawSocketWriteAwait(t *testing.T) {
 func TestRawReaderAfterSniff(t *testing.T) {
 	a, b := tcpPair(t)
 	sc := sniff.NewConn(a, []byte("PRE"))
-	r := newRawReader(&serverConn{Conn: sc, done: make(chan struct{})})
+	r, _ := newRawIO(&serverConn{Conn: sc, done: make(chan struct{})})
 	if _, ok := r.(*rawReader); !ok {
-		t.Fatalf("newRawReader(sniffed TCP) = %T, want *rawReader", r)
+		t.Fatalf("newRawIO(sniffed TCP) reader = %T, want *rawReader", r)
 	}
 	if _, err := b.Write([]byte("POST")); err != nil {
 		t.Fatal(err)
