@@ -93,6 +93,24 @@ type Datapath struct {
 	raw      []rawAttachment
 	attached []string
 	closed   bool
+	// msgProxy is meshlet_msg_proxy's attachment to mlt_sock_proxy,
+	// present only while Accel.IntoApp is on (see setMsgProxy).
+	msgProxy *mapAttachment
+}
+
+// mapAttachment is a program attached to a sockhash: a bpf_link, or the
+// older program attachment (raw) where the kernel has no link for it.
+type mapAttachment struct {
+	l    link.Link
+	raw  rawAttachment
+	desc string
+}
+
+func (a *mapAttachment) detach() error {
+	if a.l != nil {
+		return a.l.Close()
+	}
+	return link.RawDetachProgram(link.RawDetachProgramOptions{Target: a.raw.target.FD(), Program: a.raw.prog, Attach: a.raw.typ})
 }
 
 type rawAttachment struct {
@@ -181,7 +199,7 @@ func Load(opts Options) (_ *Datapath, err error) {
 	if err := d.attachToMap(d.objs.MltSockApp, d.objs.MeshletMsgApp, ebpf.AttachSkMsgVerdict); err != nil {
 		return nil, err
 	}
-	if err := d.attachToMap(d.objs.MltSockProxy, d.objs.MeshletMsgProxy, ebpf.AttachSkMsgVerdict); err != nil {
+	if err := d.setMsgProxy(opts.Accel.IntoApp); err != nil {
 		return nil, err
 	}
 	if opts.StreamVerdict {
@@ -197,7 +215,7 @@ func Load(opts Options) (_ *Datapath, err error) {
 	}
 	log.Info("datapath attached",
 		zap.String("cgroup", cg), zap.String("pin_path", pin), zap.Stringer("proxy", opts.Proxy),
-		zap.Strings("attachments", d.attached), zap.Bool("accel_off", opts.Accel.Off),
+		zap.Strings("attachments", d.Attachments()), zap.Bool("accel_off", opts.Accel.Off),
 		zap.Bool("accel_into_proxy", opts.Accel.IntoProxy), zap.Bool("accel_into_app", opts.Accel.IntoApp))
 	return d, nil
 }
@@ -281,21 +299,61 @@ func (d *Datapath) attachCgroup(p *ebpf.Program, typ ebpf.AttachType) error {
 	return nil
 }
 
-// attachToMap attaches an sk_msg or sk_skb program to a sockhash, through a
+// attachToMap attaches an sk_msg or sk_skb program to a sockhash for the
+// datapath's lifetime (see mapAttach).
+func (d *Datapath) attachToMap(m *ebpf.Map, p *ebpf.Program, typ ebpf.AttachType) error {
+	a, err := mapAttach(m, p, typ)
+	if err != nil {
+		return err
+	}
+	if a.l != nil {
+		d.links = append(d.links, a.l)
+	} else {
+		d.raw = append(d.raw, a.raw)
+	}
+	d.attached = append(d.attached, a.desc)
+	return nil
+}
+
+// mapAttach attaches an sk_msg or sk_skb program to a sockhash, through a
 // bpf_link where the kernel supports it (6.10+) and the older program
 // attachment otherwise.
-func (d *Datapath) attachToMap(m *ebpf.Map, p *ebpf.Program, typ ebpf.AttachType) error {
+func mapAttach(m *ebpf.Map, p *ebpf.Program, typ ebpf.AttachType) (*mapAttachment, error) {
 	l, err := link.AttachRawLink(link.RawLinkOptions{Target: m.FD(), Program: p, Attach: typ})
 	if err == nil {
-		d.links = append(d.links, l)
-		d.attached = append(d.attached, fmt.Sprintf("%s:bpf_link", typ))
-		return nil
+		return &mapAttachment{l: l, desc: fmt.Sprintf("%s:bpf_link", typ)}, nil
 	}
 	if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: m.FD(), Program: p, Attach: typ}); err != nil {
-		return fmt.Errorf("attach %s to sockhash: %w", typ, err)
+		return nil, fmt.Errorf("attach %s to sockhash: %w", typ, err)
 	}
-	d.raw = append(d.raw, rawAttachment{target: m, prog: p, typ: typ})
-	d.attached = append(d.attached, fmt.Sprintf("%s:prog_attach", typ))
+	return &mapAttachment{raw: rawAttachment{target: m, prog: p, typ: typ}, desc: fmt.Sprintf("%s:prog_attach", typ)}, nil
+}
+
+// setMsgProxy attaches meshlet_msg_proxy to the proxy's sockhash when on,
+// and detaches it when off. A socket takes the sockhash's sk_msg program
+// when it enters the map, and every send of a socket that has one goes
+// through the kernel's sk_msg path (a copy into a scatterlist, the
+// program, then TCP); so without into_app, when the program could only
+// pass, the proxy's sockets enter the map without it and send through
+// plain TCP. Sockets keep what they entered with: connections made while
+// into_app was off stay on TCP after it is switched on (as they would
+// anyway: their first send marked them tainted), and a connection made
+// while it was on keeps the program, which then passes (it reads the
+// flags). Called with d.mu held or before d is shared.
+func (d *Datapath) setMsgProxy(on bool) error {
+	switch {
+	case on && d.msgProxy == nil:
+		a, err := mapAttach(d.objs.MltSockProxy, d.objs.MeshletMsgProxy, ebpf.AttachSkMsgVerdict)
+		if err != nil {
+			return err
+		}
+		d.msgProxy = a
+	case !on && d.msgProxy != nil:
+		if err := d.msgProxy.detach(); err != nil {
+			return fmt.Errorf("detach %s from the proxy's sockhash: %w", d.msgProxy.desc, err)
+		}
+		d.msgProxy = nil
+	}
 	return nil
 }
 
@@ -317,8 +375,19 @@ func (d *Datapath) writeConfig() error {
 func (d *Datapath) SetAccel(a Accel) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if a.IntoApp {
+		// The program first: it reads the flags written next.
+		if err := d.setMsgProxy(true); err != nil {
+			return err
+		}
+	}
+	old := d.accel
 	d.accel = a
-	return d.writeConfig()
+	if err := d.writeConfig(); err != nil {
+		d.accel = old
+		return err
+	}
+	return d.setMsgProxy(a.IntoApp)
 }
 
 // Accel returns the acceleration directions in force.
@@ -332,7 +401,15 @@ func (d *Datapath) Accel() Accel {
 func (d *Datapath) Features() Features { return d.feat }
 
 // Attachments describes each attachment and how it was made.
-func (d *Datapath) Attachments() []string { return append([]string(nil), d.attached...) }
+func (d *Datapath) Attachments() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := append([]string(nil), d.attached...)
+	if d.msgProxy != nil {
+		out = append(out, d.msgProxy.desc+" (into_app)")
+	}
+	return out
+}
 
 // Cgroup is the cgroup the programs are attached to.
 func (d *Datapath) Cgroup() string { return d.cgroup }
@@ -354,6 +431,9 @@ func (d *Datapath) Close() error {
 		if err := d.links[i].Close(); err != nil {
 			errs = append(errs, fmt.Errorf("detach: %w", err))
 		}
+	}
+	if err := d.setMsgProxy(false); err != nil {
+		errs = append(errs, err)
 	}
 	for _, r := range d.raw {
 		if err := link.RawDetachProgram(link.RawDetachProgramOptions{Target: r.target.FD(), Program: r.prog, Attach: r.typ}); err != nil {

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/meshlet/meshlet/internal/privtest"
@@ -254,5 +256,57 @@ func TestLoadRefusesKernelWithoutFeature(t *testing.T) {
 	}
 	if _, err := os.Stat(pin); !os.IsNotExist(err) {
 		t.Fatalf("pin folder created: %v", err)
+	}
+}
+
+// The proxy's sockhash carries meshlet_msg_proxy only while into_app is on:
+// without it the program could only pass, and a socket that enters a
+// sockhash with an sk_msg program sends through the slower sk_msg path.
+// Needs: what newSandbox needs; listing a sockhash's programs needs 5.19+
+// (older kernels: only the agent's own record is checked).
+func TestMsgProxyAttachedOnlyWithIntoApp(t *testing.T) {
+	s := newSandbox(t, Accel{IntoProxy: true})
+	check := func(step string, want bool) {
+		t.Helper()
+		recorded := false
+		for _, a := range s.dp.Attachments() {
+			if strings.HasSuffix(a, "(into_app)") {
+				recorded = true
+			}
+		}
+		if recorded != want {
+			t.Errorf("%s: Attachments() = %v, want the into_app program listed: %v", step, s.dp.Attachments(), want)
+		}
+		for m, wantN := range map[string]int{"mlt_sock_proxy": map[bool]int{false: 0, true: 1}[want], "mlt_sock_app": 1} {
+			mp, err := ebpf.LoadPinnedMap(s.pin+"/"+m, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := link.QueryPrograms(link.QueryOptions{Target: mp.FD(), Attach: ebpf.AttachSkMsgVerdict})
+			mp.Close()
+			if err != nil {
+				t.Logf("%s: this kernel cannot list a sockhash's programs (%v): the agent's record only", step, err)
+				return
+			}
+			if len(res.Programs) != wantN {
+				t.Errorf("%s: %d sk_msg programs on %s, want %d", step, len(res.Programs), m, wantN)
+			}
+		}
+	}
+	check("into_proxy only", false)
+	if err := s.dp.SetAccel(Accel{IntoProxy: true, IntoApp: true}); err != nil {
+		t.Fatal(err)
+	}
+	check("into_app switched on", true)
+	if err := s.dp.SetAccel(Accel{IntoProxy: true, IntoApp: true, Off: true}); err != nil {
+		t.Fatal(err)
+	}
+	check("kill switch with into_app", true)
+	if err := s.dp.SetAccel(Accel{IntoProxy: true}); err != nil {
+		t.Fatal(err)
+	}
+	check("into_app switched off", false)
+	if err := s.dp.Close(); err != nil {
+		t.Fatalf("close: %v", err)
 	}
 }

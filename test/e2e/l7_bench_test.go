@@ -30,7 +30,8 @@ import (
 // from /proc/PID/stat over wrk's completed requests. gRPC: sequential
 // UnaryCalls (1 KiB each way) from a meshed Go client, direct and through
 // the agent. The Markdown report goes to MESHLET_BENCH_OUT (docs/bench-l7.md
-// under `make bench`).
+// under `make bench`); MESHLET_BENCH_L7_PERF=DIR also keeps a `perf record -g`
+// of each proxy (see perfRecord).
 func TestBenchL7(t *testing.T) {
 	if os.Getenv("MESHLET_BENCH") != "1" {
 		t.Skip("benchmark: run with MESHLET_BENCH=1 (make bench)")
@@ -102,7 +103,9 @@ func TestBenchL7(t *testing.T) {
 		if tg.pid != 0 {
 			before = procCPU(t, tg.pid)
 		}
+		stopPerf := perfRecord(t, tg.pid, tg.name, secs)
 		out := run(t, m.app("taskset", "-c", "1", "wrk", "-t1", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", secs), "--latency", tg.url))
+		stopPerf()
 		s := parseWrk(t, out)
 		if tg.pid != 0 && s.total > 0 {
 			s.cpuPerReq = (procCPU(t, tg.pid) - before) / time.Duration(s.total)
@@ -430,4 +433,37 @@ func loadAvg() string {
 		return "unknown"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// perfRecord, when MESHLET_BENCH_L7_PERF names a folder, records the kernel
+// and user stacks of proxy pid (perf record -g) during one wrk run of a
+// target (the first run of at least 3 s of each target; warm-ups are
+// shorter) into FOLDER/<target>.perf.data, for `perf report -i`. The
+// returned func stops the recording.
+func perfRecord(t *testing.T, pid int, target string, secs int) func() {
+	t.Helper()
+	dir := os.Getenv("MESHLET_BENCH_L7_PERF")
+	if dir == "" || pid == 0 || secs < 3 {
+		return func() {}
+	}
+	name := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, strings.ToLower(target))
+	out := filepath.Join(dir, name+".perf.data")
+	if _, err := os.Stat(out); err == nil {
+		return func() {} // one recording per target
+	}
+	cmd := exec.Command("perf", "record", "-q", "-g", "-p", strconv.Itoa(pid), "-o", out)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("perf record: %v", err)
+	}
+	return func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		if err := cmd.Wait(); err != nil {
+			t.Logf("perf record %s: %v", target, err)
+		}
+	}
 }
