@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/meshlet/meshlet/internal/privtest"
+	"github.com/meshlet/meshlet/test/bench/benchconf"
 )
 
 // TestBenchL7 is the L7 benchmark through the real agent, not a timed test:
@@ -61,7 +62,9 @@ func TestBenchL7(t *testing.T) {
 
 	// Proxies outside the mesh, in the sandbox netns, pinned to CPU 0.
 	haConf := filepath.Join(dir, "haproxy.cfg")
-	writeFile(t, haConf, fmt.Sprintf(benchHAProxy, haAddr, upAddr))
+	if err := benchconf.HAProxy(haConf, haAddr, upAddr, "", ""); err != nil {
+		t.Fatal(err)
+	}
 	ha := privtest.Command(t, "", m.ns, "taskset", "-c", "0", "haproxy", "-db", "-f", haConf)
 	m.daemon(ha)
 	ngConf := writeBenchNginx(t, filepath.Join(dir, "px"), ngAddr, upAddr)
@@ -281,64 +284,15 @@ func benchL7Config(httpVIP, up, grpcVIP, grpcUp string) string {
 `)
 }
 
-// benchHAProxy: single thread, http mode, keep-alive both sides.
-const benchHAProxy = `global
-    nbthread 1
-    maxconn 4096
-    log stderr format raw local0 emerg
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    option http-keep-alive
-    http-reuse always
-
-frontend f
-    bind %s
-    default_backend b
-
-backend b
-    server s1 %s
-`
-
-// writeBenchNginx writes an nginx config in dir: with upstream empty it
-// answers 1 KiB on every path, otherwise it proxies to upstream with
-// keep-alive. One worker, no master, foreground; all paths in dir.
+// writeBenchNginx writes an nginx config in dir (benchconf.Nginx): with
+// upstream empty it answers 1 KiB on every path, otherwise it proxies to
+// upstream with keep-alive.
 func writeBenchNginx(t *testing.T, dir, listen, upstream string) string {
 	t.Helper()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	p, err := benchconf.Nginx(dir, listen, upstream)
+	if err != nil {
 		t.Fatal(err)
 	}
-	loc := fmt.Sprintf(`location / { default_type text/plain; return 200 "%s"; }`, strings.Repeat("x", 1024))
-	ups := ""
-	if upstream != "" {
-		ups = fmt.Sprintf("    upstream up { server %s; keepalive 128; }\n", upstream)
-		loc = `location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }`
-	}
-	conf := fmt.Sprintf(`daemon off;
-master_process off;
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path %[1]s/body;
-    proxy_temp_path %[1]s/proxy;
-    fastcgi_temp_path %[1]s/fastcgi;
-    uwsgi_temp_path %[1]s/uwsgi;
-    scgi_temp_path %[1]s/scgi;
-    keepalive_requests 1000000;
-%[2]s    server {
-        listen %[3]s backlog=4096;
-        %[4]s
-    }
-}
-`, dir, ups, listen, loc)
-	p := filepath.Join(dir, "nginx.conf")
-	writeFile(t, p, conf)
 	return p
 }
 

@@ -24,6 +24,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/meshlet/meshlet/test/bench/benchconf"
 )
 
 func main() {
@@ -121,7 +123,7 @@ func run() error {
 	}
 
 	// Upstream: nginx returning 1 KiB (cheap, so the proxy is the bottleneck).
-	upConf, err := writeNginxUpstream(tmp, upPort)
+	upConf, err := benchconf.Nginx(filepath.Join(tmp, "up"), loopback(upPort), "")
 	if err != nil {
 		return err
 	}
@@ -154,15 +156,15 @@ func run() error {
 			*only += ",baseline"
 		}
 	}
-	haConf, err := writeHAProxy(tmp, haPort, upPort, haGRPCPort, grpcPort)
-	if err != nil {
+	haConf := filepath.Join(tmp, "haproxy.cfg")
+	if err := benchconf.HAProxy(haConf, loopback(haPort), loopback(upPort), loopback(haGRPCPort), loopback(grpcPort)); err != nil {
 		return err
 	}
 	ha, err := start("0", nil, "haproxy", "-db", "-f", haConf)
 	if err != nil {
 		return err
 	}
-	ngConf, err := writeNginxProxy(tmp, ngPort, upPort)
+	ngConf, err := benchconf.Nginx(filepath.Join(tmp, "px"), loopback(ngPort), loopback(upPort))
 	if err != nil {
 		return err
 	}
@@ -329,8 +331,8 @@ func formatReport(rs []result, grpcDirect, grpcVia time.Duration, d time.Duratio
 		fmt.Fprintf(&b, "\nmeshlet / HAProxy requests/s: **%.2f×** (goal ≥ 1.20×); meshlet CPU per request: **%.1f µs** (goal ≤ 35 µs).\n",
 			mesh.rps/ha.rps, float64(mesh.cpuPerRq.Nanoseconds())/1e3)
 	}
-	if grpcDirect == 0 {
-		return b.String()
+	if grpcDirect == 0 || grpcVia == 0 {
+		return b.String() // gRPC not measured, or not through meshlet
 	}
 	fmt.Fprintf(&b, "\ngRPC unary (grpc.testing.TestService/UnaryCall, sequential): p50 direct %v, via meshlet %v: **%.2f×** (goal ≤ 1.10×).\n",
 		grpcDirect.Round(time.Microsecond), grpcVia.Round(time.Microsecond), float64(grpcVia)/float64(grpcDirect))
@@ -522,3 +524,6 @@ func dumpLogs(dir string) string {
 	}
 	return b.String()
 }
+
+// loopback is 127.0.0.1:port.
+func loopback(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
