@@ -13,6 +13,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshlet/meshlet/internal/par"
 	"github.com/meshlet/meshlet/pkg/resources"
 )
 
@@ -24,10 +25,15 @@ type snapshot struct {
 }
 
 type typeSnap struct {
-	version   string
+	version string
+	// resources and served are what go-control-plane serves: pre-encoded
+	// forms of the messages (preEncoded), so its per-response marshalling
+	// is a copy.
 	resources map[string]types.ResourceWithTTL
-	plain     map[string]types.Resource
-	versions  map[string]string
+	served    map[string]types.Resource
+	// plain are the messages themselves (validation, reuse).
+	plain    map[string]types.Resource
+	versions map[string]string
 	// src is the entry of the Set each resource was served from (plain
 	// may hold a copy), to recognise it in the next Set.
 	src map[string]any
@@ -141,28 +147,51 @@ func newTypeSnap(t string, in map[string]served, prev *typeSnap) (*typeSnap, err
 		}
 	}
 	n := len(in)
-	ts := &typeSnap{resources: make(map[string]types.ResourceWithTTL, n), plain: make(map[string]types.Resource, n),
-		versions: make(map[string]string, n), src: make(map[string]any, n)}
+	ts := &typeSnap{resources: make(map[string]types.ResourceWithTTL, n), served: make(map[string]types.Resource, n),
+		plain: make(map[string]types.Resource, n), versions: make(map[string]string, n), src: make(map[string]any, n)}
 	names := make([]string, 0, n)
-	for name, r := range in {
+	for name := range in {
 		names = append(names, name)
-		ts.src[name] = r.src
-		m, version := r.m, ""
-		if prev != nil && prev.src[name] == r.src {
-			m, version = prev.plain[name], prev.versions[name]
-		} else {
-			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
-			if err != nil {
-				return nil, fmt.Errorf("marshal %s %q: %w", t, name, err)
-			}
-			sum := sha256.Sum256(b)
-			version = hex.EncodeToString(sum[:8])
-		}
-		ts.versions[name] = version
-		ts.resources[name] = types.ResourceWithTTL{Resource: m}
-		ts.plain[name] = m
 	}
 	sort.Strings(names)
+	// Changed resources are encoded, hashed and pre-encoded on all CPUs
+	// (independent of each other); the maps are filled afterwards.
+	type built struct {
+		m, sv   types.Resource
+		version string
+		err     error
+	}
+	out := make([]built, len(names))
+	par.For(len(names), func(i int) {
+		name, r := names[i], in[names[i]]
+		o := &out[i]
+		if prev != nil && prev.src[name] == r.src {
+			o.m, o.version, o.sv = prev.plain[name], prev.versions[name], prev.served[name]
+			return
+		}
+		o.m = r.m
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r.m)
+		if err != nil {
+			o.err = fmt.Errorf("marshal %s %q: %w", t, name, err)
+			return
+		}
+		sum := sha256.Sum256(b)
+		o.version = hex.EncodeToString(sum[:8])
+		if o.sv, err = preEncoded(r.m, b); err != nil {
+			o.err = fmt.Errorf("%s %q: %w", t, name, err)
+		}
+	})
+	for i, name := range names {
+		o := out[i]
+		if o.err != nil {
+			return nil, o.err
+		}
+		ts.src[name] = in[name].src
+		ts.versions[name] = o.version
+		ts.resources[name] = types.ResourceWithTTL{Resource: o.sv}
+		ts.served[name] = o.sv
+		ts.plain[name] = o.m
+	}
 	h := sha256.New()
 	var l [8]byte
 	for _, n := range names {
@@ -206,7 +235,7 @@ func (s *snapshot) GetResourcesAndTTL(typeURL string) map[string]types.ResourceW
 
 func (s *snapshot) GetResources(typeURL string) map[string]types.Resource {
 	if t, ok := s.types[typeURL]; ok {
-		return t.plain
+		return t.served
 	}
 	return nil
 }
