@@ -49,6 +49,7 @@ func TestBenchL7(t *testing.T) {
 		grpcAddr = "127.0.0.1:18404"
 		httpVIP  = "10.96.40.1:80"
 		grpcVIP  = "10.96.40.2:9090"
+		tcpVIP   = "10.96.40.3:80" // tcp_proxy to the same upstream: the relay without HTTP
 	)
 	m := newSandbox(t)
 	dir := t.TempDir()
@@ -73,7 +74,7 @@ func TestBenchL7(t *testing.T) {
 
 	// The agent: single-threaded like the others, info logging, pinned.
 	t.Setenv("GOMAXPROCS", "1")
-	m.start(benchL7Config(httpVIP, upAddr, grpcVIP, grpcAddr), "--log-level", "info")
+	m.start(benchL7Config(httpVIP, upAddr, grpcVIP, grpcAddr, tcpVIP), "--log-level", "info")
 	agentPID := m.cmd.Process.Pid
 	privtest.MustRun(t, "taskset", "-a", "-p", "-c", "0", strconv.Itoa(agentPID))
 	for _, a := range []string{upAddr, haAddr, ngAddr, grpcAddr} {
@@ -97,6 +98,9 @@ func TestBenchL7(t *testing.T) {
 		{"meshlet agent, accel both ways", "http://" + httpVIP + "/", agentPID, &yes},
 		{"HAProxy 2.6 (http mode)", "http://" + haAddr + "/", ha.Process.Pid, nil},
 		{"nginx 1.22 reverse proxy", "http://" + ngAddr + "/", ng.Process.Pid, nil},
+		// The floor of the agent's HTTP path: the same capture, sockets
+		// and system calls per request, bytes relayed without HTTP.
+		{"meshlet agent, tcp_proxy (L4 relay, no HTTP; default accel)", "http://" + tcpVIP + "/", agentPID, &no},
 	}
 	wrkRun := func(tg target, secs int) wrkStats {
 		if tg.intoApp != nil {
@@ -169,7 +173,7 @@ func TestBenchL7(t *testing.T) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# L7 benchmark through the agent\n\nProduced by `MESHLET_BENCH=1 go test ./test/e2e -run TestBenchL7` (test/e2e/l7_bench_test.go) on %s, kernel %s, %d CPUs (%s), %s; load average at the start: %s.\n\n",
 		time.Now().UTC().Format("2006-01-02"), strings.TrimSpace(privtest.MustRun(t, "uname", "-r")), runtime.NumCPU(), cpuModelName(), runtime.Version(), loadAvg())
-	fmt.Fprintf(&b, "One upstream (nginx, 1 worker, 1 KiB body, in the meshed cgroup). `wrk -t1 -c%d -d%ds --latency`, HTTP/1.1 keep-alive, run inside the meshed cgroup on CPU 1 with the upstream. Every proxy is single-threaded and pinned to CPU 0: the agent (GOMAXPROCS=1, all threads), HAProxy (`nbthread 1`, `http-reuse always`), nginx (`worker_processes 1`, upstream keepalive). The agent path is capture → VIP → HCM → upstream with sk_msg acceleration; HAProxy and nginx are dialled directly (not meshed). CPU per request: the proxy's utime+stime delta (/proc/PID/stat) over wrk's completed requests; with acceleration the kernel work of a redirected send is charged to the sender, so part of the path's cost lands on wrk's CPU, not the agent's. %d rounds, targets interleaved within each round; medians of the rounds. The machine is shared and noisy: compare within this run.\n\n", conns, dur, rounds)
+	fmt.Fprintf(&b, "One upstream (nginx, 1 worker, 1 KiB body, in the meshed cgroup). `wrk -t1 -c%d -d%ds --latency`, HTTP/1.1 keep-alive, run inside the meshed cgroup on CPU 1 with the upstream. Every proxy is single-threaded and pinned to CPU 0: the agent (GOMAXPROCS=1, all threads), HAProxy (`nbthread 1`, `http-reuse always`), nginx (`worker_processes 1`, upstream keepalive). The agent path is capture → VIP → HCM → upstream with sk_msg acceleration; HAProxy and nginx are dialled directly (not meshed). The last row is the agent's tcp_proxy on another VIP to the same upstream: the same capture, sockets and system calls per request with the bytes relayed without HTTP, the floor of the HTTP path. CPU per request: the proxy's utime+stime delta (/proc/PID/stat) over wrk's completed requests; with acceleration the kernel work of a redirected send is charged to the sender, so part of the path's cost lands on wrk's CPU, not the agent's. %d rounds, targets interleaved within each round; medians of the rounds. The machine is shared and noisy: compare within this run.\n\n", conns, dur, rounds)
 	b.WriteString("| target | requests/s | p99 latency | proxy CPU per request | proxy's core busy | notes |\n|---|---:|---:|---:|---:|---|\n")
 	var haRPS, agentRPS, agentCPU, haCPU float64
 	for i, tg := range targets {
@@ -240,7 +244,7 @@ func latField(ls []latReport, f func(latReport) float64) []float64 {
 
 // benchL7Config: one HCM service for HTTP/1.1 to the nginx upstream and one
 // for gRPC to an h2c cluster.
-func benchL7Config(httpVIP, up, grpcVIP, grpcUp string) string {
+func benchL7Config(httpVIP, up, grpcVIP, grpcUp, tcpVIP string) string {
 	hcm := func(name, vip, routes string) string {
 		host, port, _ := strings.Cut(vip, ":")
 		return fmt.Sprintf(`  - name: %[1]s
@@ -262,6 +266,19 @@ func benchL7Config(httpVIP, up, grpcVIP, grpcUp string) string {
               routes:
 %[4]s`, name, host, port, routes)
 	}
+	tcp := func(name, vip, cluster string) string {
+		host, port, _ := strings.Cut(vip, ":")
+		return fmt.Sprintf(`  - name: %[1]s
+    address: {socket_address: {address: %[2]s, port_value: %[3]s}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: %[1]s
+          cluster: %[4]s
+`, name, host, port, cluster)
+	}
 	cluster := func(name, addr, extra string) string {
 		host, port, _ := strings.Cut(addr, ":")
 		return fmt.Sprintf(`  - name: %[1]s
@@ -275,6 +292,7 @@ func benchL7Config(httpVIP, up, grpcVIP, grpcUp string) string {
 	return "capture:\n  acceleration: on\n  into_app: false\nstatic_resources:\n  listeners:\n" +
 		hcm("web", httpVIP, "              - match: {prefix: \"/\"}\n                route: {cluster: web}\n") +
 		hcm("grpc", grpcVIP, "              - match: {prefix: \"/\", grpc: {}}\n                route: {cluster: grpc, timeout: 0s, max_stream_duration: {grpc_timeout_header_max: 0s}}\n") +
+		tcp("tcp", tcpVIP, "web") +
 		"  clusters:\n" +
 		cluster("web", up, "") +
 		cluster("grpc", grpcUp, `    typed_extension_protocol_options:
