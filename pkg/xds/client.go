@@ -23,7 +23,6 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/meshlet/meshlet/internal/par"
@@ -301,13 +300,9 @@ func (c *Client) loadPersisted(ctx context.Context) {
 	}
 	// Seed the working state so that the control plane's answers are merged
 	// onto what is being served.
+	var raw []byte
 	fill := func(url string, name string, m any) {
-		var raw []byte
-		if la, ok := m.(*resources.Assignment); ok {
-			raw, _ = la.Wire()
-		} else {
-			raw, _ = proto.MarshalOptions{Deterministic: true}.Marshal(m.(proto.Message))
-		}
+		raw, _ = AppendWire(raw[:0], m)
 		meta := p.Meta[url][name]
 		c.types[url].res[name] = newEntry(m, sumOf(raw), meta.Version, meta.LastUpdated)
 	}

@@ -75,6 +75,19 @@ func ResourceName(m any) string {
 	return ""
 }
 
+// AppendWire appends the protobuf encoding of a resource held in a
+// resources.Set to b: an Assignment's wire bytes, or the deterministic
+// encoding of a message.
+func AppendWire(b []byte, m any) ([]byte, error) {
+	switch r := m.(type) {
+	case *resources.Assignment:
+		return r.AppendWire(b)
+	case proto.Message:
+		return proto.MarshalOptions{Deterministic: true}.MarshalAppend(b, r)
+	}
+	return b, fmt.Errorf("not an xDS resource: %T", m)
+}
+
 // ResourceError says which resource of a response was rejected and why.
 type ResourceError struct {
 	TypeURL string

@@ -129,13 +129,7 @@ func EncodeTo(w io.Writer, p *xds.Persisted) error {
 	first := true
 	var scratch, tmp []byte
 	add := func(typeURL, name string, m any) error {
-		var v []byte
-		var err error
-		if la, ok := m.(*resources.Assignment); ok {
-			v, err = la.AppendWire(scratch[:0])
-		} else {
-			v, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(scratch[:0], m.(proto.Message))
-		}
+		v, err := xds.AppendWire(scratch[:0], m)
 		if err != nil {
 			return fmt.Errorf("xds store: marshal %s %q: %w", xds.ShortType(typeURL), name, err)
 		}
