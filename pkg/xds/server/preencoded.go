@@ -1,7 +1,6 @@
 package server
 
 import (
-	"errors"
 	"fmt"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -55,21 +54,4 @@ func preEncoded(m proto.Message, b []byte) (proto.Message, error) {
 		out.SetUnknown(rest)
 	}
 	return out.Interface(), nil
-}
-
-// errNotPreEncoded is returned by checkPreEncoded.
-var errNotPreEncoded = errors.New("pre-encoded message does not marshal to the resource's encoding")
-
-// checkPreEncoded reports whether p, made by preEncoded from b, marshals to
-// b (tests; the encoding is the contract that keeps versions and bytes on
-// the wire in step).
-func checkPreEncoded(p proto.Message, b []byte) error {
-	got, err := proto.MarshalOptions{Deterministic: true}.Marshal(p)
-	if err != nil {
-		return err
-	}
-	if string(got) != string(b) {
-		return errNotPreEncoded
-	}
-	return nil
 }

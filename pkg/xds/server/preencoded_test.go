@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -16,6 +17,20 @@ import (
 
 	"github.com/meshlet/meshlet/pkg/resources"
 )
+
+// checkPreEncoded reports whether p, made by preEncoded from b, marshals to
+// b: the encoding is the contract that keeps versions and the bytes on the
+// wire in step.
+func checkPreEncoded(p proto.Message, b []byte) error {
+	got, err := proto.MarshalOptions{Deterministic: true}.Marshal(p)
+	if err != nil {
+		return err
+	}
+	if string(got) != string(b) {
+		return errors.New("pre-encoded message does not marshal to the resource's encoding")
+	}
+	return nil
+}
 
 // checkServed checks one resource: its pre-encoded form marshals to the
 // resource's own deterministic encoding, go-control-plane reads the right
