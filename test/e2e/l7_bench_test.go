@@ -242,16 +242,21 @@ func latField(ls []latReport, f func(latReport) float64) []float64 {
 	return v
 }
 
-// benchL7Config: one HCM service for HTTP/1.1 to the nginx upstream and one
-// for gRPC to an h2c cluster.
+// benchL7Config: one HCM service for HTTP/1.1 to the nginx upstream, one
+// for gRPC to an h2c cluster, and a tcp_proxy to the nginx upstream.
 func benchL7Config(httpVIP, up, grpcVIP, grpcUp, tcpVIP string) string {
-	hcm := func(name, vip, routes string) string {
+	// listener is a listener on vip with one filter (its YAML after
+	// "- name: <filter>", indented for the filters list).
+	listener := func(name, vip, filter string) string {
 		host, port, _ := strings.Cut(vip, ":")
 		return fmt.Sprintf(`  - name: %[1]s
     address: {socket_address: {address: %[2]s, port_value: %[3]s}}
     filter_chains:
     - filters:
-      - name: envoy.filters.network.http_connection_manager
+      - name: %[4]s`, name, host, port, filter)
+	}
+	hcm := func(name, vip, routes string) string {
+		return listener(name, vip, fmt.Sprintf(`envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: %[1]s
@@ -264,20 +269,15 @@ func benchL7Config(httpVIP, up, grpcVIP, grpcUp, tcpVIP string) string {
             - name: all
               domains: ["*"]
               routes:
-%[4]s`, name, host, port, routes)
+%[2]s`, name, routes))
 	}
 	tcp := func(name, vip, cluster string) string {
-		host, port, _ := strings.Cut(vip, ":")
-		return fmt.Sprintf(`  - name: %[1]s
-    address: {socket_address: {address: %[2]s, port_value: %[3]s}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
+		return listener(name, vip, fmt.Sprintf(`envoy.filters.network.tcp_proxy
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: %[1]s
-          cluster: %[4]s
-`, name, host, port, cluster)
+          cluster: %[2]s
+`, name, cluster))
 	}
 	cluster := func(name, addr, extra string) string {
 		host, port, _ := strings.Cut(addr, ":")
