@@ -43,6 +43,11 @@ type upConn struct {
 	sock      *rawSocket // c's socket, nil when raw I/O is not possible
 	br        *bufio.Reader
 	wb        bytes.Buffer // the request being written
+	// hdr is the response header map, cleared for each response (the
+	// values are new each time): the proxy copies the entries out
+	// before the response body is read, and the map is not used after
+	// the connection goes back to the pool.
+	hdr http.Header
 	nread     int64
 	reused    bool
 	idleSince time.Time
@@ -261,7 +266,7 @@ func (hp *h1Pool) roundTrip(req *http.Request, rc *reqCancel) (*http.Response, e
 		var resp *http.Response
 		var left int64 = -1
 		if err == nil {
-			resp, left = readFastResponse(u.br, req)
+			resp, left = readFastResponse(u.br, req, u)
 			for resp == nil {
 				resp, err = http.ReadResponse(u.br, req)
 				if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
@@ -399,7 +404,7 @@ func readLeft(br *bufio.Reader, p []byte, left *int64) (int, error) {
 // consumed) so that net/http.ReadResponse reads the same bytes and keeps
 // its semantics for everything else. A read error also returns nil: the
 // error is net/http's to report.
-func readFastResponse(br *bufio.Reader, req *http.Request) (*http.Response, int64) {
+func readFastResponse(br *bufio.Reader, req *http.Request, u *upConn) (*http.Response, int64) {
 	if req.Method == http.MethodHead {
 		return nil, -1
 	}
@@ -407,7 +412,10 @@ func readFastResponse(br *bufio.Reader, req *http.Request) (*http.Response, int6
 	if head == nil {
 		return nil, -1
 	}
-	resp, n, ok := parseResponseHead(head)
+	if u.hdr == nil {
+		u.hdr = make(http.Header, 16)
+	}
+	resp, n, ok := parseResponseHead(head, u.hdr)
 	if !ok {
 		return nil, -1
 	}
@@ -442,8 +450,10 @@ var (
 )
 
 // parseResponseHead decodes a complete response head (see
-// readFastResponse for what it takes); ok=false means "not ours".
-func parseResponseHead(head []byte) (*http.Response, int64, bool) {
+// readFastResponse for what it takes) with h, cleared first, as its
+// header map; ok=false means "not ours".
+func parseResponseHead(head []byte, h http.Header) (*http.Response, int64, bool) {
+	clear(h)
 	// One string for the whole head: every key and value is a slice of it.
 	hs := string(head[:len(head)-4])
 	line, rest, _ := strings.Cut(hs, "\r\n")
@@ -470,7 +480,6 @@ func parseResponseHead(head []byte) (*http.Response, int64, bool) {
 	if rest != "" {
 		nh = strings.Count(rest, "\r\n") + 1
 	}
-	h := make(http.Header, nh)
 	vals := make([]string, nh) // backing store: one []string per header, cap 1
 	cl := int64(-1)
 	for i := 0; rest != ""; i++ {

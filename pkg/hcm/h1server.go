@@ -83,6 +83,8 @@ type fastConn struct {
 	state  atomic.Int32
 	rw     fastRW
 	body   fastBody
+	reqH   http.Header  // the request headers, reused (parse)
+	req    http.Request // the parsed request; the handler gets a copy (WithContext)
 
 	// mu serialises the downstream reader between the request body reader
 	// and the watcher, and guards the fields below.
@@ -92,8 +94,14 @@ type fastConn struct {
 	watchDone chan struct{}
 	reqCancel context.CancelCauseFunc // the running request's reqCancel.fire
 	watchT    *time.Timer
-	aborting  atomic.Bool
-	broken    bool // framing lost or write failed: close after the response
+	// tmu guards pending: a stream whose own timer (route timeout, stream
+	// idle timeout) is not armed yet. Quick requests never arm one: the
+	// per-request watch timer arms it if the request is still running
+	// after watchDelay (deferTimer), which saves a timer per request.
+	tmu      sync.Mutex
+	pending  *stream
+	aborting atomic.Bool
+	broken   bool // framing lost or write failed: close after the response
 }
 
 // serveH1 serves an HTTP/1.1 connection on the fast path until it closes
@@ -226,16 +234,17 @@ func (c *fastConn) loop() error {
 		if err != nil {
 			return err
 		}
-		req, ok := c.parse(head)
-		if !ok {
+		var ok bool
+		if c.req, ok = c.parse(head); !ok {
 			return errHandOff
 		}
+		req := &c.req
 		_, _ = c.br.Discard(len(head))
 		if dl && req.ContentLength > 0 {
 			_ = c.raw.SetReadDeadline(time.Time{})
 			dl = false
 		}
-		keep := c.serveOne(&req)
+		keep := c.serveOne(req)
 		if !keep {
 			return nil
 		}
@@ -323,7 +332,15 @@ func (c *fastConn) parse(head []byte) (http.Request, bool) {
 	if rest != "" {
 		nh = strings.Count(rest, "\r\n") + 1
 	}
-	h := make(http.Header, nh+4) // room for the headers the proxy adds
+	// The connection's one request header map, cleared for each request:
+	// nothing keeps a request's headers past its handler.
+	h := c.reqH
+	if h == nil {
+		h = make(http.Header, max(nh+4, 16)) // room for the headers the proxy adds
+		c.reqH = h
+	} else {
+		clear(h)
+	}
 	vals := make([]string, nh)
 	for i := 0; rest != ""; i++ {
 		var l string
@@ -501,7 +518,40 @@ func (rc *reqCancel) stop() bool {
 	return !rc.fired
 }
 
+// deferTimer leaves the arming of s's timer to the watch timer when its
+// first timeout is no earlier than watchDelay; false: arm it now.
+func (c *fastConn) deferTimer(s *stream) bool {
+	if s.firstTimeout() < watchDelay {
+		return false
+	}
+	c.tmu.Lock()
+	c.pending, s.fc = s, c
+	c.tmu.Unlock()
+	return true
+}
+
+// undefer forgets s as the pending stream. Once it returns, s's timer is
+// either armed (s.t) or never will be.
+func (c *fastConn) undefer(s *stream) {
+	c.tmu.Lock()
+	if c.pending == s {
+		c.pending = nil
+	}
+	c.tmu.Unlock()
+}
+
+// armPending arms the pending stream's timer, if any.
+func (c *fastConn) armPending() {
+	c.tmu.Lock()
+	if s := c.pending; s != nil {
+		c.pending = nil
+		s.armLate()
+	}
+	c.tmu.Unlock()
+}
+
 func (c *fastConn) startWatch() {
+	c.armPending()
 	if !c.mu.TryLock() {
 		c.watchT.Reset(watchDelay)
 		return

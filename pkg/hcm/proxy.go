@@ -50,10 +50,15 @@ type stream struct {
 	idle     time.Duration
 	deadline time.Duration
 	t        atomic.Pointer[time.Timer]
-	reqT     *time.Timer // HCM request_timeout, while a body is read
+	// fc: the fast-path connection holding this stream's timer until
+	// watchDelay (fastConn.deferTimer), nil when the timer is the stream's.
+	fc   *fastConn
+	reqT *time.Timer // HCM request_timeout, while a body is read
 	// hv backs the one-value header slices the proxy adds, saving an
 	// allocation each (see one).
 	hv [4]string
+	// outURL is the upstream request's URL (saves an allocation).
+	outURL url.URL
 }
 
 // Indices into stream.hv.
@@ -95,14 +100,28 @@ func (s *stream) abort(cause error) {
 	}
 }
 
-// armTimer starts the stream's timer for the earlier of its route
-// deadline and idle timeout (at least one is set).
-func (s *stream) armTimer() {
+// firstTimeout is the earlier of the stream's route deadline and idle
+// timeout (at least one is set).
+func (s *stream) firstTimeout() time.Duration {
 	d := s.deadline
 	if d == 0 || (s.idle > 0 && s.idle < d) {
 		d = s.idle
 	}
-	s.t.Store(time.AfterFunc(d, s.checkTimer))
+	return d
+}
+
+// armTimer starts the stream's timer for firstTimeout.
+func (s *stream) armTimer() {
+	s.t.Store(time.AfterFunc(s.firstTimeout(), s.checkTimer))
+}
+
+// armLate starts the stream's timer once the stream has already run for
+// a while (a fast-path request outliving watchDelay, see
+// fastConn.deferTimer): checkTimer then fires when firstTimeout is due
+// counted from the start, or at once.
+func (s *stream) armLate() {
+	d := s.firstTimeout() - time.Since(s.start)
+	s.t.Store(time.AfterFunc(max(d, 0), s.checkTimer))
 }
 
 // checkTimer cuts the stream whose deadline passed or that was quiet for
@@ -151,6 +170,9 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *stream) finish() {
+	if s.fc != nil {
+		s.fc.undefer(s) // before reading s.t: a deferred timer is armed or never will be
+	}
 	if s.reqT != nil {
 		s.reqT.Stop()
 	}
@@ -317,7 +339,9 @@ func (m *Manager) serve1(s *stream) {
 	if upgrade == "" { // upgraded streams live until either side closes
 		s.deadline = max(timeout, 0)
 		if s.idle > 0 || s.deadline > 0 {
-			s.armTimer()
+			if fw, ok := s.w.(*fastRW); !ok || !fw.c.deferTimer(s) {
+				s.armTimer()
+			}
 		}
 	} else {
 		s.idle = 0
@@ -328,9 +352,10 @@ func (m *Manager) serve1(s *stream) {
 	}
 
 	// Built on the stack: WithContext makes the one heap copy.
+	s.outURL = url.URL{Scheme: "http", Opaque: outPath}
 	outv := http.Request{
 		Method:        r.Method,
-		URL:           &url.URL{Scheme: "http", Opaque: outPath},
+		URL:           &s.outURL,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
 		ProtoMinor:    1,
