@@ -83,6 +83,7 @@ type fastConn struct {
 	state  atomic.Int32
 	rw     fastRW
 	body   fastBody
+	dlAt   atomic.Int64 // c.raw's read deadline in Unix ns, 0 none (setReadDeadline)
 	reqH   http.Header  // the request headers, reused (parse)
 	req    http.Request // the parsed request; the handler gets a copy (WithContext)
 
@@ -193,23 +194,26 @@ func (p *prefixConn) Read(b []byte) (int, error) {
 func (c *fastConn) loop() error {
 	m := c.m
 	hto, idle := m.h1.ReadHeaderTimeout, m.h1.IdleTimeout
-	// dl: a read deadline is set on c.raw. Each deadline change costs a
-	// runtime timer update, so a request whose head is complete in the
-	// buffer gets no header deadline, and a deadline is cleared only
-	// before something reads the connection while a request runs (its
-	// body here, the watcher in startWatch).
-	dl := false
+	// Each deadline change costs a runtime timer update, so a request
+	// whose head is complete in the buffer gets no header deadline, a
+	// deadline is cleared only before something reads the connection
+	// while a request runs (its body here, the watcher in startWatch), and
+	// the idle deadline moves only when it would move by more than
+	// idleSlack: on a busy keep-alive connection most requests leave it
+	// as it is, and an idle connection closes at most idleSlack early.
+	idleSlack := min(idle/16, time.Second)
 	for first := true; ; first = false {
+		dl := c.dlAt.Load()
 		switch {
 		case first && hto > 0:
-			_ = c.raw.SetReadDeadline(time.Now().Add(hto))
-			dl = true
+			c.setReadDeadline(time.Now().Add(hto))
 		case !first && idle > 0:
-			_ = c.raw.SetReadDeadline(time.Now().Add(idle))
-			dl = true
-		case dl:
-			_ = c.raw.SetReadDeadline(time.Time{})
-			dl = false
+			want := time.Now().Add(idle)
+			if d := want.UnixNano() - dl; dl <= 0 || d < 0 || d >= int64(idleSlack) {
+				c.setReadDeadline(want)
+			}
+		case dl != 0:
+			c.setReadDeadline(time.Time{})
 		}
 		if !first && c.br.Buffered() == 0 && !c.ds.has {
 			// The client has only just been sent the response: let the
@@ -226,8 +230,7 @@ func (c *fastConn) loop() error {
 		}
 		if !first && hto > 0 && c.br.Buffered() < fastBufSize {
 			if b, _ := c.br.Peek(c.br.Buffered()); !bytes.Contains(b, crlfcrlf) {
-				_ = c.raw.SetReadDeadline(time.Now().Add(hto))
-				dl = true
+				c.setReadDeadline(time.Now().Add(hto))
 			}
 		}
 		head, err := c.readHead()
@@ -240,9 +243,8 @@ func (c *fastConn) loop() error {
 		}
 		req := &c.req
 		_, _ = c.br.Discard(len(head))
-		if dl && req.ContentLength > 0 {
-			_ = c.raw.SetReadDeadline(time.Time{})
-			dl = false
+		if req.ContentLength > 0 && c.dlAt.Load() != 0 {
+			c.setReadDeadline(time.Time{})
 		}
 		keep := c.serveOne(req)
 		if !keep {
@@ -571,7 +573,7 @@ func (c *fastConn) startWatch() {
 	c.watching = true
 	c.watchDone = make(chan struct{})
 	// The loop may have left a header or idle deadline on the connection.
-	_ = c.raw.SetReadDeadline(time.Time{})
+	c.setReadDeadline(time.Time{})
 	go c.watch(c.reqCancel, c.watchDone)
 }
 
@@ -599,10 +601,10 @@ func (c *fastConn) stopWatch() {
 	c.mu.Unlock()
 	if w {
 		c.aborting.Store(true)
-		_ = c.raw.SetReadDeadline(aLongTimeAgo)
+		c.setReadDeadline(aLongTimeAgo)
 		<-done
 		c.aborting.Store(false)
-		_ = c.raw.SetReadDeadline(time.Time{})
+		c.setReadDeadline(time.Time{})
 	}
 }
 
@@ -831,7 +833,19 @@ func (w *fastRW) Flush() {
 }
 
 // SetReadDeadline lets http.ResponseController fail a blocked body read.
-func (w *fastRW) SetReadDeadline(t time.Time) error { return w.c.raw.SetReadDeadline(t) }
+func (w *fastRW) SetReadDeadline(t time.Time) error { return w.c.setReadDeadline(t) }
+
+// setReadDeadline sets the connection's read deadline and records it in
+// dlAt (Unix ns, 0 none): every read deadline of c.raw is set here.
+func (c *fastConn) setReadDeadline(t time.Time) error {
+	err := c.raw.SetReadDeadline(t)
+	if t.IsZero() {
+		c.dlAt.Store(0)
+	} else {
+		c.dlAt.Store(t.UnixNano())
+	}
+	return err
+}
 
 // finish completes the response; false means the connection is unusable.
 func (w *fastRW) finish() bool {

@@ -175,3 +175,31 @@ func FuzzServeHTTP1(f *testing.F) {
 		}
 	})
 }
+
+// The connection idle timeout (common_http_protocol_options.idle_timeout)
+// counts from the latest request: a keep-alive connection busy for longer
+// than the timeout stays open, and closes once it goes quiet.
+func TestConnIdleTimeout(t *testing.T) {
+	up := newUpstreams()
+	up.set("echo", ep(startEcho(t, "echo")))
+	hcm := strings.Replace(limitsHCM, `"max_headers_count": 20`, `"max_headers_count": 20, "idle_timeout": "1s"`, 1)
+	p := startProxy(t, mustHCM(t, hcm), nil, up)
+	c, br := rawConn(t, p.addr)
+	start := time.Now()
+	for i := 0; time.Since(start) < 1500*time.Millisecond; i++ {
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
+			t.Fatalf("request %d after %v: %v", i, time.Since(start), err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d after %v: connection closed while busy: %v", i, time.Since(start), err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		time.Sleep(100 * time.Millisecond) // activity well inside the timeout
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection: read %v, %v; want EOF (closed by the idle timeout)", n, err)
+	}
+}

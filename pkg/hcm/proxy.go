@@ -698,9 +698,10 @@ func (b *reqBody) Close() error {
 	return nil
 }
 
-// hop-by-hop headers never forwarded (RFC 9110 §7.6.1).
-var hopHeaders = [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Transfer-Encoding", "Upgrade", "Te", "Trailer"}
-
+// stripHopByHop removes the hop-by-hop headers, never forwarded (RFC 9110
+// §7.6.1): Connection, Proxy-Connection, Keep-Alive, Transfer-Encoding,
+// Upgrade, Te (but "Te: trailers") and Trailer, and those Connection
+// names.
 func stripHopByHop(h http.Header, keepUpgrade bool) {
 	if c, ok := h["Connection"]; ok {
 		for _, v := range c {
@@ -714,20 +715,26 @@ func stripHopByHop(h http.Header, keepUpgrade bool) {
 			}
 		}
 	}
-	for _, k := range hopHeaders {
-		if _, ok := h[k]; !ok {
-			continue
-		}
-		switch {
-		case k == "Te":
-			if headerHasToken(h["Te"], "trailers") {
-				h["Te"] = []string{"trailers"}
+	// One pass over the (few) headers rather than a lookup per hop-by-hop
+	// name.
+	for k, vv := range h {
+		switch k {
+		case "Te":
+			if headerHasToken(vv, "trailers") {
+				h[k] = []string{"trailers"}
 				continue
 			}
-		case keepUpgrade && (k == "Upgrade"):
-			continue
-		case keepUpgrade && k == "Connection":
-			h["Connection"] = []string{"Upgrade"}
+		case "Upgrade":
+			if keepUpgrade {
+				continue
+			}
+		case "Connection":
+			if keepUpgrade {
+				h[k] = []string{"Upgrade"}
+				continue
+			}
+		case "Proxy-Connection", "Keep-Alive", "Transfer-Encoding", "Trailer":
+		default:
 			continue
 		}
 		delete(h, k)
