@@ -173,6 +173,9 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 			c.ctlT.Reset(ctlDelay)
 		case c.ctlOnly && !ctl:
 			wake, c.ctlOnly = true, false
+			// The acks leave with these frames: a pending timer would
+			// only wake the poller for nothing.
+			c.ctlT.Stop()
 		}
 	}
 	c.buf = append(c.buf, p...)
@@ -214,7 +217,11 @@ func (c *coalescingConn) flusher() {
 				break
 			}
 			c.buf = c.spare[:0]
-			c.busy, c.ctlOnly = true, false
+			if c.ctlOnly {
+				c.ctlOnly = false
+				c.ctlT.Stop()
+			}
+			c.busy = true
 			c.mu.Unlock()
 			_, err := c.wr.Write(b)
 			c.mu.Lock()

@@ -413,7 +413,7 @@ func readFastResponse(br *bufio.Reader, req *http.Request, u *upConn) (*http.Res
 		return nil, -1
 	}
 	if u.hdr == nil {
-		u.hdr = make(http.Header, 16)
+		u.hdr = make(http.Header) // grows once to what the upstream sends
 	}
 	resp, n, ok := parseResponseHead(head, u.hdr)
 	if !ok {

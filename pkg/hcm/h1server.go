@@ -338,7 +338,7 @@ func (c *fastConn) parse(head []byte) (http.Request, bool) {
 	// nothing keeps a request's headers past its handler.
 	h := c.reqH
 	if h == nil {
-		h = make(http.Header, max(nh+4, 16)) // room for the headers the proxy adds
+		h = make(http.Header, nh+4) // room for the headers the proxy adds
 		c.reqH = h
 	} else {
 		clear(h)
