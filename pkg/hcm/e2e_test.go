@@ -456,3 +456,69 @@ func TestWeightedClustersE2E(t *testing.T) {
 		t.Errorf("b got %d of %d, expected %.0f±%.0f", counts["b"], n, exp, 5*sigma)
 	}
 }
+
+// A slow request on a keep-alive connection that has already served quick
+// ones is watched too: the client leaving cancels the upstream request
+// (DC), and a route timeout still cuts it (UT). The watch timer is shared
+// by the connection's requests (h1server.go), so these cover requests that
+// begin while it is armed for an earlier one.
+func TestKeepAliveSlowRequestWatched(t *testing.T) {
+	for _, tc := range []struct {
+		name, timeout, flag string
+	}{
+		{"client leaves", "0s", FlagDownstreamConnTerm},
+		{"route timeout", "0.1s", FlagUpstreamTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := newUpstreams()
+			up.set("echo", ep(startEcho(t, "echo")))
+			gone := make(chan struct{})
+			started := make(chan struct{})
+			release := make(chan struct{}) // on failure, lets the handler end before the servers close
+			up.set("slow", ep(startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				close(started)
+				select {
+				case <-r.Context().Done():
+					close(gone)
+				case <-release:
+				}
+			}))))
+			hcm := strings.Replace(basicHCM, `"timeout": "0.2s"`, `"timeout": "`+tc.timeout+`"`, 1)
+			p := startProxy(t, mustHCM(t, hcm), nil, up)
+			t.Cleanup(func() { close(release) })
+			c, br := rawConn(t, p.addr)
+			for i := range 50 {
+				if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: svc.test\r\n\r\n"); err != nil {
+					t.Fatal(err)
+				}
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("request %d: %v", i, err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			if _, err := io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: svc.test\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			<-started
+			if tc.flag == FlagDownstreamConnTerm {
+				c.Close()
+			} else {
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil || resp.StatusCode != http.StatusGatewayTimeout {
+					t.Fatalf("slow request: %v %v, want 504", resp, err)
+				}
+			}
+			select {
+			case <-gone:
+			case <-time.After(10 * time.Second):
+				t.Fatal("upstream request not cancelled")
+			}
+			if le := p.log.last(t, 51); le.Flags != tc.flag {
+				t.Errorf("flags %q, want %s", le.Flags, tc.flag)
+			}
+		})
+	}
+}

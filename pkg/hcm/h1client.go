@@ -38,16 +38,16 @@ type h1Pool struct {
 
 // upConn is one pooled upstream connection.
 type upConn struct {
-	c         net.Conn
-	rd        io.Reader  // c's reader (rawio.go)
-	sock      *rawSocket // c's socket, nil when raw I/O is not possible
-	br        *bufio.Reader
-	wb        bytes.Buffer // the request being written
+	c    net.Conn
+	rd   io.Reader  // c's reader (rawio.go)
+	sock *rawSocket // c's socket, nil when raw I/O is not possible
+	br   *bufio.Reader
+	wb   bytes.Buffer // the request being written
 	// hdr is the response header map, cleared for each response (the
 	// values are new each time): the proxy copies the entries out
 	// before the response body is read, and the map is not used after
 	// the connection goes back to the pool.
-	hdr http.Header
+	hdr       http.Header
 	nread     int64
 	reused    bool
 	idleSince time.Time

@@ -95,6 +95,13 @@ type fastConn struct {
 	watchDone chan struct{}
 	reqCancel context.CancelCauseFunc // the running request's reqCancel.fire
 	watchT    *time.Timer
+	// The watch timer's state (armWatch, startWatch): seq counts the
+	// requests, armedSeq is the request the timer was armed for, inReq
+	// is true while a request is being served.
+	watchArmed atomic.Bool
+	seq        atomic.Uint64
+	armedSeq   atomic.Uint64
+	inReq      atomic.Bool
 	// tmu guards pending: a stream whose own timer (route timeout, stream
 	// idle timeout) is not armed yet. Quick requests never arm one: the
 	// per-request watch timer arms it if the request is still running
@@ -429,7 +436,8 @@ func (c *fastConn) serveOne(req *http.Request) (keep bool) {
 	c.mu.Lock()
 	c.inHandler, c.reqCancel, c.broken = true, c.rw.cancel, false
 	c.mu.Unlock()
-	c.watchT.Reset(watchDelay)
+	c.inReq.Store(true)
+	c.armWatch(c.seq.Add(1))
 
 	aborted := false
 	func() {
@@ -521,9 +529,11 @@ func (rc *reqCancel) stop() bool {
 }
 
 // deferTimer leaves the arming of s's timer to the watch timer when its
-// first timeout is no earlier than watchDelay; false: arm it now.
+// first timeout is no earlier than 2×watchDelay (the watch timer reaches
+// a request between watchDelay and 2×watchDelay after its start); false:
+// arm it now.
 func (c *fastConn) deferTimer(s *stream) bool {
-	if s.firstTimeout() < watchDelay {
+	if s.firstTimeout() < 2*watchDelay {
 		return false
 	}
 	c.tmu.Lock()
@@ -552,10 +562,34 @@ func (c *fastConn) armPending() {
 	c.tmu.Unlock()
 }
 
+// armWatch arms the watch timer for request seq unless it is armed
+// already. The timer is not stopped when a request ends: on a busy
+// connection it fires once per watchDelay rather than being reset and
+// stopped for every request (two timer updates each).
+func (c *fastConn) armWatch(seq uint64) {
+	if c.watchArmed.CompareAndSwap(false, true) {
+		c.armedSeq.Store(seq)
+		c.watchT.Reset(watchDelay)
+	}
+}
+
+// startWatch runs when the watch timer fires: a request running since the
+// timer was armed has run for watchDelay, and gets its stream timer (see
+// deferTimer) and, once its body is read, a watcher; a request that began
+// later gets its full watchDelay.
 func (c *fastConn) startWatch() {
+	c.watchArmed.Store(false)
+	if !c.inReq.Load() {
+		return // between requests (or closed): the next request arms the timer
+	}
+	seq := c.seq.Load()
+	if seq != c.armedSeq.Load() {
+		c.armWatch(seq)
+		return
+	}
 	c.armPending()
 	if !c.mu.TryLock() {
-		c.watchT.Reset(watchDelay)
+		c.armWatch(seq)
 		return
 	}
 	defer c.mu.Unlock()
@@ -566,7 +600,7 @@ func (c *fastConn) startWatch() {
 		// Body still to read (the reader owns the conn) or pipelined data
 		// (the client is there): look again later.
 		if c.body.left > 0 {
-			c.watchT.Reset(watchDelay)
+			c.armWatch(seq)
 		}
 		return
 	}
@@ -593,7 +627,7 @@ func (c *fastConn) watch(cancel context.CancelCauseFunc, done chan struct{}) {
 }
 
 func (c *fastConn) stopWatch() {
-	c.watchT.Stop()
+	c.inReq.Store(false)
 	c.mu.Lock()
 	c.inHandler = false
 	w, done := c.watching, c.watchDone
