@@ -28,6 +28,20 @@
 //
 //	/tmp/httpbench -targets none -grpc-targets meshlet,baseline -rounds 3 -baseline /tmp/httpbench-base
 //
+// The meshlet proxy's seat is adjustable: -meshlet-procs N sets its
+// GOMAXPROCS and -meshlet-cpus LIST its taskset CPU list (defaults: 1 and
+// "0" when pinned; unset and all CPUs with -pin=false). -meshlet-variants
+// runs further instances of the same proxy side by side, each
+// PROCS@CPUS[:KEY=VALUE...] (PROCS 0 leaves GOMAXPROCS unset), measured in
+// the same interleaved rounds as rows "meshlet P=… cpus=…"; -perf-stat
+// EVENTS counts perf events on every proxy process during each measured
+// window and reports them per request and per gRPC call. E.g. what more
+// than one P costs:
+//
+//	/tmp/httpbench -targets meshlet,haproxy -grpc-targets meshlet,haproxy -rounds 3 \
+//		-meshlet-variants "2@0-1 2@0 1@0-1" \
+//		-perf-stat raw_syscalls:sys_enter,syscalls:sys_enter_futex,context-switches,cpu-migrations
+//
 // Every config, pid and log file lives in a temp dir removed on exit; the
 // system nginx/haproxy configuration is never read or touched. All traffic
 // is on 127.0.0.1.

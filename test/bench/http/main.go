@@ -70,7 +70,34 @@ func run() error {
 	only := flag.String("targets", "direct,meshlet,haproxy,nginx", "comma-separated wrk targets to run (none: gRPC only)")
 	grpcOnly := flag.String("grpc-targets", "direct,meshlet,haproxy,baseline", "comma-separated gRPC paths to run (direct is always measured)")
 	rounds := flag.Int("rounds", 1, "measure every target this many times, interleaved, and report medians (the machine is shared: use ≥ 3 to compare builds)")
+	meshProcs := flag.Int("meshlet-procs", 0, "GOMAXPROCS of the meshlet proxy (0: the default, 1 when pinned and unset with -pin=false)")
+	meshCPUs := flag.String("meshlet-cpus", "", "CPU list (taskset -c) of the meshlet proxy (empty: the default, 0 when pinned and all CPUs with -pin=false)")
+	variants := flag.String("meshlet-variants", "", "space-separated extra meshlet proxy instances measured side by side, each PROCS@CPUS[:KEY=VALUE...] (PROCS 0: GOMAXPROCS unset), e.g. \"2@0-1 2@0 1@0:GOGC=400\"")
+	perfEv := flag.String("perf-stat", "", "comma-separated perf events counted (perf stat -p) on every proxy process during each measured window and reported per request/call, e.g. raw_syscalls:sys_enter,syscalls:sys_enter_futex,context-switches,cpu-migrations")
 	flag.Parse()
+
+	seat := meshletSeat{name: "meshlet hcm", procs: 1, cpus: "0"}
+	if !*pin {
+		seat.procs, seat.cpus = 0, "0-"+strconv.Itoa(runtime.NumCPU()-1)
+	}
+	if *meshProcs > 0 {
+		seat.procs = *meshProcs
+	}
+	if *meshCPUs != "" {
+		if !reCPUList.MatchString(*meshCPUs) {
+			return fmt.Errorf("-meshlet-cpus %q is not a CPU list like 0 or 0-1 or 0,2", *meshCPUs)
+		}
+		seat.cpus = *meshCPUs
+	}
+	extra, err := parseSeats(*variants)
+	if err != nil {
+		return fmt.Errorf("-meshlet-variants: %w", err)
+	}
+	if *perfEv != "" {
+		if _, err := exec.LookPath("perf"); err != nil {
+			return fmt.Errorf("-perf-stat needs perf (apt-get install linux-perf): %w", err)
+		}
+	}
 
 	for _, tool := range []string{"wrk", "nginx", "haproxy", "taskset"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -94,11 +121,8 @@ func run() error {
 			t.Stop()
 		}
 	}()
-	start := func(cpu string, env []string, name string, args ...string) (*exec.Cmd, error) {
-		if !*pin {
-			cpu = "0-" + strconv.Itoa(runtime.NumCPU()-1)
-			env = nil
-		}
+	// startAt runs name on exactly the given CPUs with env added.
+	startAt := func(cpu string, env []string, name string, args ...string) (*exec.Cmd, error) {
 		cmd := exec.CommandContext(ctx, "taskset", append([]string{"-c", cpu, name}, args...)...)
 		cmd.Env = append(os.Environ(), env...)
 		logf, err := os.Create(filepath.Join(tmp, filepath.Base(name)+"-"+strconv.Itoa(len(procs))+".log"))
@@ -112,7 +136,15 @@ func run() error {
 		procs = append(procs, cmd)
 		return cmd, nil
 	}
-	ports, err := freePorts(7)
+	// start is startAt with -pin applied (false: all CPUs, no env).
+	start := func(cpu string, env []string, name string, args ...string) (*exec.Cmd, error) {
+		if !*pin {
+			cpu = "0-" + strconv.Itoa(runtime.NumCPU()-1)
+			env = nil
+		}
+		return startAt(cpu, env, name, args...)
+	}
+	ports, err := freePorts(7 + len(extra))
 	if err != nil {
 		return err
 	}
@@ -138,9 +170,26 @@ func run() error {
 	if *prof != "" {
 		meshArgs = append(meshArgs, "-cpuprofile", *prof)
 	}
-	mesh, err := start("0", []string{"GOMAXPROCS=1"}, self, meshArgs...)
+	mesh, err := startAt(seat.cpus, seat.environ(), self, meshArgs...)
 	if err != nil {
 		return err
+	}
+	fmt.Fprintf(os.Stderr, "%s: pid %d, GOMAXPROCS=%d (0: unset), cpus %s\n", seat.name, mesh.Process.Pid, seat.procs, seat.cpus)
+	type meshInstance struct {
+		seat meshletSeat
+		port int
+		cmd  *exec.Cmd
+	}
+	var extraMesh []meshInstance
+	for i, s := range extra {
+		port := ports[7+i]
+		cmd, err := startAt(s.cpus, s.environ(), self, "proxy", "-listen", loopback(port),
+			"-upstream", loopback(upPort), "-grpc-upstream", loopback(grpcPort))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "%s: pid %d\n", s.name, cmd.Process.Pid)
+		extraMesh = append(extraMesh, meshInstance{s, port, cmd})
 	}
 	var base *exec.Cmd
 	if *baseline != "" {
@@ -172,25 +221,44 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	for _, p := range []int{upPort, meshPort, haPort, ngPort, grpcPort, haGRPCPort} {
+	wait := []int{upPort, meshPort, haPort, ngPort, grpcPort, haGRPCPort}
+	for _, m := range extraMesh {
+		wait = append(wait, m.port)
+	}
+	for _, p := range wait {
 		if err := waitPort(ctx, p, 10*time.Second); err != nil {
 			return fmt.Errorf("port %d not ready: %w\n%s", p, err, dumpLogs(tmp))
 		}
 	}
 
-	targets := []struct {
+	type target struct {
 		name string
 		port int
 		cmd  *exec.Cmd
-	}{
+	}
+	targets := []target{
 		{"direct (nginx upstream)", upPort, nil},
 		{"meshlet hcm", meshPort, mesh},
-		{"baseline (" + filepath.Base(*baseline) + ")", basePort, base},
-		{"HAProxy 2.6 (http mode)", haPort, ha},
-		{"nginx 1.22 reverse proxy", ngPort, ng},
 	}
+	for _, m := range extraMesh {
+		targets = append(targets, target{m.seat.name, m.port, m.cmd})
+	}
+	targets = append(targets,
+		target{"baseline (" + filepath.Base(*baseline) + ")", basePort, base},
+		target{"HAProxy 2.6 (http mode)", haPort, ha},
+		target{"nginx 1.22 reverse proxy", ngPort, ng},
+	)
 	var results []result
 	perTarget := map[string][]result{}
+	evs := perfEvents(*perfEv)
+	perfHTTP := map[string][]map[string]float64{} // target → per round: event → count per request
+	perfGRPC := map[string][]map[string]float64{} // path → per round: event → count per call
+	perUnit := func(m map[string]float64, n int64) map[string]float64 {
+		for k := range m {
+			m[k] /= float64(n)
+		}
+		return m
+	}
 	for round := range max(*rounds, 1) {
 		for _, tg := range targets {
 			if !strings.Contains(*only, strings.ToLower(strings.Fields(tg.name)[0])) {
@@ -200,17 +268,31 @@ func run() error {
 			if _, err := wrk(ctx, url, *conns, time.Second); err != nil { // warm-up
 				return fmt.Errorf("%s warm-up: %w", tg.name, err)
 			}
+			var pc *perfCounter
+			if tg.cmd != nil {
+				if pc, err = startPerfStat(ctx, tg.cmd.Process.Pid, *perfEv); err != nil {
+					return err
+				}
+			}
 			var before time.Duration
 			if tg.cmd != nil {
 				before = cpuTime(tg.cmd.Process.Pid)
 			}
 			r, err := wrk(ctx, url, *conns, *dur)
+			counts, perr := pc.stop()
 			if err != nil {
 				return fmt.Errorf("%s: %w", tg.name, err)
+			}
+			if perr != nil {
+				return fmt.Errorf("%s: %w", tg.name, perr)
 			}
 			r.name = tg.name
 			if tg.cmd != nil && r.total > 0 {
 				r.cpuPerRq = (cpuTime(tg.cmd.Process.Pid) - before) / time.Duration(r.total)
+			}
+			if counts != nil && r.total > 0 {
+				perfHTTP[tg.name] = append(perfHTTP[tg.name], perUnit(counts, r.total))
+				fmt.Fprintf(os.Stderr, "round %d %-28s perf per request: %v\n", round, tg.name, counts)
 			}
 			if round == 0 {
 				results = append(results, r.result)
@@ -238,16 +320,17 @@ func run() error {
 	var grpcRows []grpcRow
 	var direct, via time.Duration
 	if *grpcN > 0 {
-		paths := []struct {
-			name string
-			port int
-			cmd  *exec.Cmd
-		}{
+		paths := []target{
 			{"direct", grpcPort, nil},
 			{"meshlet hcm", meshPort, mesh},
-			{"HAProxy 2.6 (h2c both sides)", haGRPCPort, ha},
-			{"baseline (" + filepath.Base(*baseline) + ")", basePort, base},
 		}
+		for _, m := range extraMesh {
+			paths = append(paths, target{m.seat.name, m.port, m.cmd})
+		}
+		paths = append(paths,
+			target{"HAProxy 2.6 (h2c both sides)", haGRPCPort, ha},
+			target{"baseline (" + filepath.Base(*baseline) + ")", basePort, base},
+		)
 		perPath := map[string][]grpcRow{}
 		for range max(*rounds, 1) {
 			for _, pth := range paths {
@@ -257,13 +340,27 @@ func run() error {
 				if pth.port != grpcPort && !strings.Contains(*grpcOnly, strings.ToLower(strings.Fields(pth.name)[0])) {
 					continue
 				}
+				var pc *perfCounter
+				if pth.cmd != nil {
+					if pc, err = startPerfStat(ctx, pth.cmd.Process.Pid, *perfEv); err != nil {
+						return err
+					}
+				}
 				var before time.Duration
 				if pth.cmd != nil {
 					before = runTime(pth.cmd.Process.Pid)
 				}
 				p50, calls, err := grpcP50(ctx, fmt.Sprintf("127.0.0.1:%d", pth.port), *grpcN)
+				counts, perr := pc.stop()
 				if err != nil {
 					return fmt.Errorf("grpc via %s: %w", pth.name, err)
+				}
+				if perr != nil {
+					return fmt.Errorf("grpc via %s: %w", pth.name, perr)
+				}
+				if counts != nil {
+					perfGRPC[pth.name] = append(perfGRPC[pth.name], perUnit(counts, int64(calls)))
+					fmt.Fprintf(os.Stderr, "grpc %-28s perf per call: %v\n", pth.name, counts)
 				}
 				row := grpcRow{name: pth.name, p50: p50}
 				if pth.cmd != nil {
@@ -288,7 +385,14 @@ func run() error {
 			}
 		}
 	}
-	report := formatReport(results, direct, via, *dur, *conns)
+	report := formatReport(results, direct, via, *dur, *conns, *pin)
+	if seat.procs != 1 || seat.cpus != "0" || len(extra) > 0 {
+		p := "unset"
+		if seat.procs > 0 {
+			p = strconv.Itoa(seat.procs)
+		}
+		report += fmt.Sprintf("\n\"meshlet hcm\" ran with GOMAXPROCS=%s on CPUs %s; each \"meshlet P=… cpus=…\" row is another instance of the same build (same upstreams) with that GOMAXPROCS, CPU list and environment.\n", p, seat.cpus)
+	}
 	if len(grpcRows) > 0 {
 		report += "\n| gRPC unary path | p50 | × direct | proxy CPU per call |\n|---|---:|---:|---:|\n"
 		for _, r := range grpcRows {
@@ -297,6 +401,26 @@ func run() error {
 				cpu = fmt.Sprintf("%.1f µs", float64(r.cpuPer.Nanoseconds())/1e3)
 			}
 			report += fmt.Sprintf("| %s | %v | %.2f× | %s |\n", r.name, r.p50.Round(time.Microsecond), float64(r.p50)/float64(direct), cpu)
+		}
+	}
+	if len(evs) > 0 {
+		for _, tbl := range []struct {
+			what string
+			m    map[string][]map[string]float64
+			rows []string
+		}{
+			{"HTTP/1.1: perf counts per request", perfHTTP, names(results, func(r result) string { return r.name })},
+			{"gRPC: perf counts per call", perfGRPC, names(grpcRows, func(r grpcRow) string { return r.name })},
+		} {
+			if len(tbl.m) == 0 {
+				continue
+			}
+			report += "\n" + perfHeader(tbl.what+" (median of rounds)", evs)
+			for _, n := range tbl.rows {
+				if rs, ok := tbl.m[n]; ok {
+					report += perfRow(n, evs, rs)
+				}
+			}
 		}
 	}
 	fmt.Print(report)
@@ -308,10 +432,14 @@ func run() error {
 	return nil
 }
 
-func formatReport(rs []result, grpcDirect, grpcVia time.Duration, d time.Duration, c int) string {
+func formatReport(rs []result, grpcDirect, grpcVia time.Duration, d time.Duration, c int, pinned bool) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Host: %d CPUs (%s), Go %s. wrk -t1 -c%d -d%s, 1 KiB responses, keep-alive; proxies pinned to CPU 0 single-threaded, wrk + upstream on CPU 1.\n\n",
-		runtime.NumCPU(), cpuModel(), runtime.Version(), c, d)
+	seat := "proxies pinned to CPU 0 single-threaded, wrk + upstream on CPU 1"
+	if !pinned {
+		seat = "proxies and upstreams unpinned (-pin=false), wrk on CPU 1"
+	}
+	fmt.Fprintf(&b, "Host: %d CPUs (%s), Go %s. wrk -t1 -c%d -d%s, 1 KiB responses, keep-alive; %s.\n\n",
+		runtime.NumCPU(), cpuModel(), runtime.Version(), c, d, seat)
 	b.WriteString("| target | requests/s | p99 latency | proxy CPU per request | notes |\n|---|---:|---:|---:|---|\n")
 	var ha, mesh result
 	for _, r := range rs {
@@ -323,7 +451,7 @@ func formatReport(rs []result, grpcDirect, grpcVia time.Duration, d time.Duratio
 		if strings.HasPrefix(r.name, "HAProxy") {
 			ha = r
 		}
-		if strings.HasPrefix(r.name, "meshlet") {
+		if r.name == "meshlet hcm" {
 			mesh = r
 		}
 	}
@@ -527,3 +655,12 @@ func dumpLogs(dir string) string {
 
 // loopback is 127.0.0.1:port.
 func loopback(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+
+// names maps xs to their names, in order.
+func names[T any](xs []T, name func(T) string) []string {
+	out := make([]string, len(xs))
+	for i, x := range xs {
+		out[i] = name(x)
+	}
+	return out
+}
