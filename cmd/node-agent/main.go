@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -168,6 +169,7 @@ func cmdRun(args []string) error {
 	delta := fs.Bool("delta", false, "use delta (incremental) xDS")
 	onDemand := fs.Bool("on-demand", false, "subscribe to clusters on demand (implies --delta)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	concurrency := fs.Int("concurrency", 0, fmt.Sprintf("Go scheduler slots (GOMAXPROCS) to run on (overrides proxy.concurrency; default %d; a set GOMAXPROCS variable wins)", config.DefaultConcurrency))
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -199,6 +201,9 @@ func cmdRun(args []string) error {
 	if *intoApp {
 		cfg.Capture.IntoApp = true
 	}
+	if *concurrency != 0 {
+		cfg.Proxy.Concurrency = *concurrency
+	}
 	if *xdsAddress != "" {
 		cfg.XDS.Source, cfg.XDS.Address = "remote", *xdsAddress
 	}
@@ -216,6 +221,11 @@ func cmdRun(args []string) error {
 		return err
 	}
 	defer done()
+	cpus := runtime.GOMAXPROCS(0)
+	_, envSet := os.LookupEnv("GOMAXPROCS")
+	procs := cfg.Procs(cpus, envSet)
+	runtime.GOMAXPROCS(procs)
+	log.Info("scheduler slots", zap.Int("gomaxprocs", procs), zap.Int("available", cpus), zap.Bool("from_env", envSet))
 	if err := agent.New(cfg, log).Run(ctx); err != nil {
 		return fail(1, "%v", err)
 	}

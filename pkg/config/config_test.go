@@ -74,3 +74,29 @@ func FuzzParse(f *testing.F) {
 		_, _ = c.Resources()
 	})
 }
+
+func TestProcs(t *testing.T) {
+	for _, tc := range []struct {
+		concurrency, current int
+		env                  bool
+		want                 int
+	}{
+		{0, 8, false, DefaultConcurrency},
+		{0, 1, false, 1},
+		{2, 8, false, 2},
+		{4, 2, false, 2}, // never more than the runtime chose (CPUs, or the container's CPU limit)
+		{4, 8, true, 8},  // GOMAXPROCS set: the runtime's choice stands
+		{1, 3, true, 3},
+	} {
+		c := Default()
+		c.Proxy.Concurrency = tc.concurrency
+		if got := c.Procs(tc.current, tc.env); got != tc.want {
+			t.Errorf("concurrency %d, runtime %d, env %v: %d, want %d", tc.concurrency, tc.current, tc.env, got, tc.want)
+		}
+	}
+	c := Default()
+	c.Proxy.Concurrency = -1
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "proxy.concurrency") {
+		t.Errorf("negative concurrency: %v", err)
+	}
+}
