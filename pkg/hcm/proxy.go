@@ -154,9 +154,6 @@ func (s *stream) checkTimer() {
 // ServeHTTP proxies one request. It implements http.Handler for both the
 // HTTP/1.1 and the HTTP/2 server.
 func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.ProtoMajor == 2 {
-		growStack()
-	}
 	s := &stream{m: m, w: w, r: r, start: time.Now()}
 	s.info, _ = r.Context().Value(connInfoKey{}).(*connInfo)
 	if s.info == nil {
@@ -857,22 +854,3 @@ func httpToGRPC(code int) int {
 		return 2 // UNKNOWN
 	}
 }
-
-// growStack grows the calling goroutine's stack in one step while it is
-// shallow. x/net/http2 runs each request's handler on a new goroutine,
-// whose stack starts small; proxying a request takes it deep (routing,
-// the Transport, HPACK), and each doubling on the way copies every frame
-// above it (a seventh of the proxy's CPU per gRPC call in profiles).
-//
-//go:noinline
-func growStack() {
-	var frame [h2StackHint]byte
-	stackSink(frame[:])
-}
-
-// h2StackHint is the frame growStack takes: the stack grows to the next
-// power of two above it.
-const h2StackHint = 12 << 10
-
-//go:noinline
-func stackSink(b []byte) { _ = b[len(b)-1] }
