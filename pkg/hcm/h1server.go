@@ -104,8 +104,8 @@ type fastConn struct {
 	inReq      atomic.Bool
 	// tmu guards pending: a stream whose own timer (route timeout, stream
 	// idle timeout) is not armed yet. Quick requests never arm one: the
-	// per-request watch timer arms it if the request is still running
-	// after watchDelay (deferTimer), which saves a timer per request.
+	// watch timer arms it if the request is still running when it fires
+	// (deferTimer), which saves a timer per request.
 	tmu      sync.Mutex
 	pending  *stream
 	aborting atomic.Bool
