@@ -205,6 +205,10 @@ func FuzzParseRequestHead(f *testing.F) {
 		"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
 		"G\x00T / HTTP/1.1\r\nHost: a\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n",
+		"GET /a%20b/%2F?q=%zz&r HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET /a\"b/c?x HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET /a? HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n",
 	} {
 		f.Add(s)
 	}
@@ -227,7 +231,7 @@ func FuzzParseRequestHead(f *testing.F) {
 			t.Fatalf("%q: fast %s %s host %q len %d close %v; net/http %s %s host %q len %d close %v", head,
 				r.Method, r.RequestURI, r.Host, r.ContentLength, r.Close, want.Method, want.RequestURI, want.Host, want.ContentLength, want.Close)
 		}
-		if r.URL.Path != want.URL.Path || r.URL.RawQuery != want.URL.RawQuery {
+		if *r.URL != *want.URL {
 			t.Fatalf("%q: URL %v vs %v", head, r.URL, want.URL)
 		}
 		if len(r.Header) != len(want.Header) {

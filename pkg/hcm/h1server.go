@@ -86,6 +86,7 @@ type fastConn struct {
 	dlAt   atomic.Int64 // c.raw's read deadline in Unix ns, 0 none (setReadDeadline)
 	reqH   http.Header  // the request headers, reused (parse)
 	req    http.Request // the parsed request; the handler gets a copy (WithContext)
+	url    url.URL      // req.URL
 
 	// mu serialises the downstream reader between the request body reader
 	// and the watcher, and guards the fields below.
@@ -332,9 +333,22 @@ func (c *fastConn) parse(head []byte) (http.Request, bool) {
 		}
 	}
 	ts := target
-	u, err := url.ParseRequestURI(ts)
-	if err != nil {
-		return http.Request{}, false
+	// A target without escapes needs no url.Parse (which would only
+	// unescape, and fail on a bad escape): its path and query are literal.
+	// The URL lives in the connection; nothing keeps it past the request.
+	u := &c.url
+	if strings.IndexByte(ts, '%') >= 0 {
+		pu, err := url.ParseRequestURI(ts)
+		if err != nil {
+			return http.Request{}, false
+		}
+		*u = *pu
+	} else {
+		p, q, hasQ := strings.Cut(ts, "?")
+		*u = url.URL{Path: p, RawQuery: q, ForceQuery: hasQ && q == ""}
+		if ep := u.EscapedPath(); ep != p {
+			u.RawPath = p // as url.setPath keeps a path whose escaping differs
+		}
 	}
 	rest = rest[:max(len(rest)-4, 0)] // without the blank line's CRLFs
 	nh := 0
