@@ -37,11 +37,11 @@ bench: build
 	MESHLET_BENCH=1 MESHLET_BENCH_XDS_OUT=$(CURDIR)/docs/bench-xds.md $(GO) test -count=1 -timeout 20m -run 'TestBenchXDS' -v ./test/e2e
 	MESHLET_BENCH=1 MESHLET_BENCH_OUT=$(CURDIR)/docs/bench-l7.md $(GO) test -count=1 -timeout 15m -run 'TestBenchL7' -v ./test/e2e
 
-# Every fuzz target of the tree, each for FUZZTIME (go test runs one -fuzz
+# Every fuzz target of the tree (pkg, internal, cmd, deploy, test), each for FUZZTIME (go test runs one -fuzz
 # target at a time).
 FUZZTIME ?= 10s
 fuzz:
-	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' pkg internal); do \
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' pkg internal cmd deploy test); do \
 	  for n in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
 	    echo "== ./$$(dirname $$f) $$n"; \
 	    $(GO) test ./$$(dirname $$f) -run '^$$' -fuzz "^$$n$$" -fuzztime $(FUZZTIME); \
