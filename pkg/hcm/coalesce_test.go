@@ -169,6 +169,9 @@ func TestCoalescingConnDefersControl(t *testing.T) {
 	if got := readN(len(want)); !bytes.Equal(got, want) {
 		t.Fatal("held frames and DATA not delivered in order")
 	}
+	if cc.ctlT.Stop() {
+		t.Error("the held acks left with the DATA, but their flush timer was still pending")
+	}
 
 	// Alone, an ack leaves after ctlDelay.
 	start := time.Now()
