@@ -225,7 +225,7 @@ func cmdRun(args []string) error {
 	_, envSet := os.LookupEnv("GOMAXPROCS")
 	procs := cfg.Procs(cpus, envSet)
 	runtime.GOMAXPROCS(procs)
-	log.Info("scheduler slots", zap.Int("gomaxprocs", procs), zap.Int("available", cpus), zap.Bool("from_env", envSet))
+	log.Debug("scheduler slots", zap.Int("gomaxprocs", procs), zap.Int("available", cpus), zap.Bool("from_env", envSet))
 	if err := agent.New(cfg, log).Run(ctx); err != nil {
 		return fail(1, "%v", err)
 	}
