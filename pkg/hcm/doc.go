@@ -50,12 +50,12 @@
 // interface. Every request produces an access-log Entry carrying Envoy's
 // response flags (NR, UF, UT, UC, DC, URX, NC, UH, SI, DPE, LR).
 //
-// Socket I/O on these hot paths (rawio.go) uses read(2) and write(2) on
+// Socket I/O on these hot paths (internal/rawio) uses read(2) and write(2) on
 // the non-blocking socket directly, waiting through the runtime's poller
 // (syscall.RawConn): net.Conn's system calls wake Go's sysmon thread each
 // time the process comes out of idle, which cost a quarter of the CPU of a
 // gRPC call. The synchronous client writes a request and waits for its
-// response without first reading an empty socket (writeAwait), and the
+// response without first reading an empty socket (WriteAwait), and the
 // HTTP/1.1 fast path yields once before reading the next request, which
 // the client has usually sent by then: per proxied request, two writes
 // and two reads.

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/meshlet/meshlet/internal/rawio"
 )
 
 // maxFastBody is the largest request body the synchronous HTTP/1.1 client
@@ -39,8 +41,8 @@ type h1Pool struct {
 // upConn is one pooled upstream connection.
 type upConn struct {
 	c    net.Conn
-	rd   io.Reader  // c's reader (rawio.go)
-	sock *rawSocket // c's socket, nil when raw I/O is not possible
+	rd   io.Reader     // c's reader (newRawIO)
+	sock *rawio.Socket // c's socket, nil when raw I/O is not possible
 	br   *bufio.Reader
 	wb   bytes.Buffer // the request being written
 	// hdr is the response header map, cleared for each response (the
@@ -93,7 +95,7 @@ func (hp *h1Pool) get(ctx context.Context, addr string) (*upConn, error) {
 	}
 	u := &upConn{c: c, rd: c}
 	if sock, _ := socketOf(c); sock != nil {
-		if u.sock = newRawSocket(sock); u.sock != nil {
+		if u.sock = rawio.New(sock); u.sock != nil {
 			u.rd = u.sock
 		}
 	}
@@ -255,7 +257,7 @@ func (hp *h1Pool) roundTrip(req *http.Request, rc *reqCancel) (*http.Response, e
 			if u.sock != nil {
 				// Write, then wait for the response without a first read
 				// that could only find nothing.
-				_, err = u.sock.writeAwait(u.wb.Bytes())
+				_, err = u.sock.WriteAwait(u.wb.Bytes())
 			} else {
 				_, err = u.c.Write(u.wb.Bytes())
 			}

@@ -57,7 +57,7 @@ const (
 // dsReader is the downstream conn as seen by the bufio.Reader: the byte a
 // watcher read (the start of a pipelined request) comes first.
 type dsReader struct {
-	r   io.Reader // the connection's reader (rawio.go)
+	r   io.Reader // the connection's reader (newRawIO)
 	b   byte
 	has bool
 }

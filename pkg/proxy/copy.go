@@ -9,6 +9,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/meshlet/meshlet/internal/rawio"
+	"github.com/meshlet/meshlet/pkg/sniff"
 )
 
 // bufSize is the copy buffer: large enough for a sockmap-redirected 64 KiB
@@ -27,6 +30,10 @@ type closeWriter interface{ CloseWrite() error }
 // forwarding can take the stream over.
 type relay struct {
 	dst, src net.Conn
+	// r reads src and w writes dst (raw socket I/O where possible,
+	// internal/rawio); nil: src and dst themselves.
+	r        io.Reader
+	w        io.Writer
 	idle     time.Duration
 	counter  *atomic.Uint64
 	lastRead *atomic.Int64
@@ -38,7 +45,23 @@ type relay struct {
 // was switched off): after that the proxy just relays.
 const maxRelayedUpdates = 16
 
+// rawIO returns c's reader and writer with raw socket I/O, the reader
+// replaying first what the protocol sniffer peeked.
+func rawIO(c net.Conn) (io.Reader, io.Writer) {
+	if sc, ok := c.(*sniff.Conn); ok {
+		return rawio.Split(c, sc.Conn, sc)
+	}
+	return rawio.Split(c, c, nil)
+}
+
 func (r *relay) run() error {
+	rd, wr := r.r, r.w
+	if rd == nil {
+		rd = r.src
+	}
+	if wr == nil {
+		wr = r.dst
+	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -55,10 +78,10 @@ func (r *relay) run() error {
 				_ = r.src.SetReadDeadline(now.Add(r.idle))
 			}
 		}
-		n, rerr := r.src.Read(buf)
+		n, rerr := rd.Read(buf)
 		if n > 0 {
 			r.lastRead.Store(time.Now().UnixNano())
-			if _, werr := r.dst.Write(buf[:n]); werr != nil {
+			if _, werr := wr.Write(buf[:n]); werr != nil {
 				return werr
 			}
 			r.counter.Add(uint64(n))

@@ -312,8 +312,10 @@ func (p *Proxy) serveTCP(ctx context.Context, c net.Conn, snap *state.Snapshot, 
 	defer stop()
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
-	upward := &relay{dst: up, src: c, idle: t.IdleTimeout, counter: &p.stats.BytesUp, lastRead: &last}
-	downward := &relay{dst: c, src: up, idle: t.IdleTimeout, counter: &p.stats.BytesDown, lastRead: &last}
+	cr, cw := rawIO(c)
+	ur, uw := rawIO(up)
+	upward := &relay{dst: up, src: c, r: cr, w: uw, idle: t.IdleTimeout, counter: &p.stats.BytesUp, lastRead: &last}
+	downward := &relay{dst: c, src: up, r: ur, w: cw, idle: t.IdleTimeout, counter: &p.stats.BytesDown, lastRead: &last}
 	if p.opts.Forwarder != nil && captured {
 		p.forward(c, up, upward, downward)
 		defer func() {

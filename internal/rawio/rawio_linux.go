@@ -1,6 +1,6 @@
 //go:build linux
 
-package hcm
+package rawio
 
 import (
 	"io"
@@ -10,10 +10,10 @@ import (
 	"unsafe"
 )
 
-// rawIOSupported: raw socket I/O is implemented (and tested) on Linux.
-const rawIOSupported = true
+// Supported: raw socket I/O is implemented (and tested) on Linux.
+const Supported = true
 
-func (s *rawSocket) doRead(fd uintptr) bool {
+func (s *Socket) doRead(fd uintptr) bool {
 	for {
 		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(s.rp))), uintptr(len(s.rp)))
 		switch e {
@@ -34,7 +34,7 @@ func (s *rawSocket) doRead(fd uintptr) bool {
 	}
 }
 
-func (s *rawSocket) doWrite(fd uintptr) bool {
+func (s *Socket) doWrite(fd uintptr) bool {
 	for len(s.wp) > 0 {
 		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(s.wp))), uintptr(len(s.wp)))
 		switch e {
