@@ -8,6 +8,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/meshlet/meshlet/internal/nettest"
 )
 
 func mustRaw(t *testing.T, c net.Conn) *Socket {
@@ -22,7 +24,7 @@ func mustRaw(t *testing.T, c net.Conn) *Socket {
 // Bytes go both ways, a peer's close reads as io.EOF, and connection
 // types other than sockets get no raw I/O.
 func TestRawSocketReadWrite(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := nettest.TCPPair(t)
 	s := mustRaw(t, a)
 	big := bytes.Repeat([]byte("0123456789"), 100_000) // beyond the socket buffers
 	got := make(chan []byte, 1)
@@ -62,7 +64,7 @@ func TestRawSocketReadWrite(t *testing.T) {
 
 // Deadlines and Close interrupt a blocked raw Read as they do net.Conn's.
 func TestRawSocketDeadlineAndClose(t *testing.T) {
-	a, _ := tcpPair(t)
+	a, _ := nettest.TCPPair(t)
 	s := mustRaw(t, a)
 	a.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 	_, err := s.Read(make([]byte, 8))
@@ -91,7 +93,7 @@ func TestRawSocketDeadlineAndClose(t *testing.T) {
 // WriteAwait returns once the answer is there (which the next Read gets
 // without waiting), or the peer closes, or the deadline passes.
 func TestRawSocketWriteAwait(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := nettest.TCPPair(t)
 	s := mustRaw(t, a)
 	answer := make(chan struct{})
 	go func() {
@@ -140,34 +142,10 @@ func TestRawSocketWriteAwait(t *testing.T) {
 	}
 
 	// A peer that never answers: the deadline bounds the wait.
-	c, _ := tcpPair(t)
+	c, _ := nettest.TCPPair(t)
 	sc := mustRaw(t, c)
 	c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
 	if _, err := sc.WriteAwait([]byte("req")); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("WriteAwait past deadline: %v, want a timeout", err)
 	}
-}
-
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	acc := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		acc <- c
-	}()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := <-acc
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
 }

@@ -7,36 +7,14 @@ import (
 	"net"
 	"testing"
 	"time"
-)
 
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	acc := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		acc <- c
-	}()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := <-acc
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
+	"github.com/meshlet/meshlet/internal/nettest"
+)
 
 // Every byte written arrives, in order, and Close sends what is queued
 // before closing.
 func TestCoalescingConnDelivers(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := nettest.TCPPair(t)
 	cc := newCoalescingConn(a, false)
 	var want bytes.Buffer
 	got := make(chan []byte, 1)
@@ -109,7 +87,7 @@ func h2frame(typ, flags byte, n int) []byte {
 // PING acks (with any WINDOW_UPDATEs) wait for the next write (which carries
 // them, in order) or for ctlDelay; anything else leaves at once.
 func TestCoalescingConnDefersControl(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := nettest.TCPPair(t)
 	cc := newCoalescingConn(a, false)
 	cc.deferControl(3) // a 3-byte "preface" first
 	defer cc.Close()

@@ -6,11 +6,13 @@ import (
 
 	"github.com/meshlet/meshlet/internal/rawio"
 	"github.com/meshlet/meshlet/pkg/sniff"
+
+	"github.com/meshlet/meshlet/internal/nettest"
 )
 
 // A sniffed connection replays its peeked bytes before raw reads begin.
 func TestRawReaderAfterSniff(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := nettest.TCPPair(t)
 	sc := sniff.NewConn(a, []byte("PRE"))
 	r, _ := newRawIO(&serverConn{Conn: sc, done: make(chan struct{})})
 	if _, ok := r.(*rawio.Reader); !ok {

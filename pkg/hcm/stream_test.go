@@ -6,6 +6,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/meshlet/meshlet/internal/nettest"
 )
 
 // One timer serves the route deadline and the stream idle timeout:
@@ -69,7 +71,7 @@ func TestStreamTimer(t *testing.T) {
 // A fast-path request's cancellation interrupts the upstream connection
 // registered with it, and only while registered.
 func TestReqCancel(t *testing.T) {
-	a, _ := tcpPair(t)
+	a, _ := nettest.TCPPair(t)
 	ctx, cancel := context.WithCancelCause(context.Background())
 	rc := &reqCancel{cancel: cancel}
 	if !rc.watch(a) {
@@ -102,7 +104,7 @@ func TestReqCancel(t *testing.T) {
 	}
 
 	// Unregistered before the cancel: the connection is left alone.
-	c, d := tcpPair(t)
+	c, d := nettest.TCPPair(t)
 	_, cancel2 := context.WithCancelCause(context.Background())
 	rc2 := &reqCancel{cancel: cancel2}
 	rc2.watch(c)
