@@ -431,3 +431,32 @@ func FuzzParseResponseHead(f *testing.F) {
 
 // readerOnly hides everything but Read (io.ReadAll on the bare body).
 type readerOnly struct{ io.Reader }
+
+// A request whose handler reaches its timer set-up only after the watch
+// timer fired for it (a stall longer than watchDelay) arms its own timer
+// at once instead of waiting for a watch timer that will not fire again.
+func TestDeferTimerAfterWatchFired(t *testing.T) {
+	c := &fastConn{}
+	c.watchT = time.AfterFunc(time.Hour, func() {})
+	c.watchT.Stop()
+	t.Cleanup(func() { c.watchT.Stop() })
+	c.inReq.Store(true)
+	newStream := func() *stream { return &stream{deadline: time.Hour, start: time.Now()} }
+
+	c.armWatch(c.seq.Add(1))
+	s := newStream()
+	if !c.deferTimer(s) {
+		t.Fatal("watch timer pending: the stream timer should wait for it")
+	}
+	c.startWatch() // the watch timer fires while the request runs
+	if s.t.Load() == nil {
+		t.Fatal("the watch timer did not arm the pending stream timer")
+	}
+	s.t.Load().Stop()
+
+	c.armWatch(c.seq.Add(1))
+	c.startWatch() // fires before the handler sets its timers up
+	if c.deferTimer(newStream()) {
+		t.Fatal("deferred to a watch timer that already fired")
+	}
+}

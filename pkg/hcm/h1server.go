@@ -551,8 +551,13 @@ func (c *fastConn) deferTimer(s *stream) bool {
 		return false
 	}
 	c.tmu.Lock()
+	defer c.tmu.Unlock()
+	if !c.watchArmed.Load() {
+		// The watch timer already fired for this request (the handler was
+		// slow to get here) and will not come back: arm now.
+		return false
+	}
 	c.pending, s.fc = s, c
-	c.tmu.Unlock()
 	return true
 }
 
