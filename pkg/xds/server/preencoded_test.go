@@ -124,14 +124,7 @@ func TestPreEncodedServesTheSameBytes(t *testing.T) {
 // The served snapshot hands go-control-plane the pre-encoded forms and
 // keeps the messages for validation.
 func TestSnapshotServesPreEncoded(t *testing.T) {
-	set, _, err := Decode(bootstrapJSON(3, func(int) int { return 80 }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, _, err := newSnapshot(set, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, snap := threeClusterSnapshot(t)
 	for _, typ := range servedTypes {
 		ts := snap.types[typ]
 		for name, sv := range snap.GetResources(typ) {

@@ -187,14 +187,7 @@ func setDiff(a, b *resources.Set) string {
 }
 
 func TestEDSInlineAssignmentServedOnce(t *testing.T) {
-	set, _, err := Decode(bootstrapJSON(3, func(int) int { return 80 }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, _, err := newSnapshot(set, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	set, snap := threeClusterSnapshot(t)
 	for n, c := range set.Clusters {
 		served := snap.types[servedTypes[0]].plain[n].(interface {
 			GetLoadAssignment() *endpointv3.ClusterLoadAssignment
@@ -220,4 +213,20 @@ func TestEDSInlineAssignmentServedOnce(t *testing.T) {
 			t.Errorf("%s rebuilt for an unchanged Set", typ)
 		}
 	}
+}
+
+// threeClusterSnapshot is the snapshot of bootstrapJSON(3, …): three
+// tcp_proxy listeners and three EDS clusters with one endpoint each (port
+// 80), and the set it was built from.
+func threeClusterSnapshot(t *testing.T) (*resources.Set, *snapshot) {
+	t.Helper()
+	set, _, err := Decode(bootstrapJSON(3, func(int) int { return 80 }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, _, err := newSnapshot(set, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return set, snap
 }
