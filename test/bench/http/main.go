@@ -268,18 +268,12 @@ func run() error {
 			if _, err := wrk(ctx, url, *conns, time.Second); err != nil { // warm-up
 				return fmt.Errorf("%s warm-up: %w", tg.name, err)
 			}
-			var pc *perfCounter
-			if tg.cmd != nil {
-				if pc, err = startPerfStat(ctx, tg.cmd.Process.Pid, *perfEv); err != nil {
-					return err
-				}
-			}
-			var before time.Duration
-			if tg.cmd != nil {
-				before = cpuTime(tg.cmd.Process.Pid)
+			m, err := startMeter(ctx, tg.cmd, *perfEv, cpuTime)
+			if err != nil {
+				return err
 			}
 			r, err := wrk(ctx, url, *conns, *dur)
-			counts, perr := pc.stop()
+			cpuPer, counts, perr := m.stop(r.total)
 			if err != nil {
 				return fmt.Errorf("%s: %w", tg.name, err)
 			}
@@ -287,9 +281,7 @@ func run() error {
 				return fmt.Errorf("%s: %w", tg.name, perr)
 			}
 			r.name = tg.name
-			if tg.cmd != nil && r.total > 0 {
-				r.cpuPerRq = (cpuTime(tg.cmd.Process.Pid) - before) / time.Duration(r.total)
-			}
+			r.cpuPerRq = cpuPer
 			if counts != nil && r.total > 0 {
 				perfHTTP[tg.name] = append(perfHTTP[tg.name], perUnit(counts, r.total))
 				fmt.Fprintf(os.Stderr, "round %d %-28s perf per request: %v\n", round, tg.name, counts)
@@ -340,18 +332,12 @@ func run() error {
 				if pth.port != grpcPort && !strings.Contains(*grpcOnly, strings.ToLower(strings.Fields(pth.name)[0])) {
 					continue
 				}
-				var pc *perfCounter
-				if pth.cmd != nil {
-					if pc, err = startPerfStat(ctx, pth.cmd.Process.Pid, *perfEv); err != nil {
-						return err
-					}
-				}
-				var before time.Duration
-				if pth.cmd != nil {
-					before = runTime(pth.cmd.Process.Pid)
+				m, err := startMeter(ctx, pth.cmd, *perfEv, runTime)
+				if err != nil {
+					return err
 				}
 				p50, calls, err := grpcP50(ctx, fmt.Sprintf("127.0.0.1:%d", pth.port), *grpcN)
-				counts, perr := pc.stop()
+				cpuPer, counts, perr := m.stop(int64(calls))
 				if err != nil {
 					return fmt.Errorf("grpc via %s: %w", pth.name, err)
 				}
@@ -362,10 +348,7 @@ func run() error {
 					perfGRPC[pth.name] = append(perfGRPC[pth.name], perUnit(counts, int64(calls)))
 					fmt.Fprintf(os.Stderr, "grpc %-28s perf per call: %v\n", pth.name, counts)
 				}
-				row := grpcRow{name: pth.name, p50: p50}
-				if pth.cmd != nil {
-					row.cpuPer = (runTime(pth.cmd.Process.Pid) - before) / time.Duration(calls)
-				}
+				row := grpcRow{name: pth.name, p50: p50, cpuPer: cpuPer}
 				if len(perPath[pth.name]) == 0 {
 					grpcRows = append(grpcRows, row)
 				}
@@ -558,8 +541,6 @@ func cpuTime(pid int) time.Duration {
 	return time.Duration(ut+st) * time.Second / clkTck
 }
 
-// grpcP50 makes 500 warm-up and then n sequential unary calls to addr and
-// returns the p50 of the n and the number of calls made.
 // runTime is the time all threads of pid have run on a CPU, summed from
 // /proc/PID/task/*/schedstat (nanoseconds; threads that exited are lost,
 // which Go's and HAProxy's worker threads do not).
@@ -579,6 +560,8 @@ func runTime(pid int) time.Duration {
 	return sum
 }
 
+// grpcP50 makes 500 warm-up and then n sequential unary calls to addr and
+// returns the p50 of the n and the number of calls made.
 func grpcP50(ctx context.Context, addr string, n int) (time.Duration, int, error) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

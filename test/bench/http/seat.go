@@ -192,3 +192,37 @@ func perfHeader(what string, evs []string) string {
 	}
 	return b.String() + "\n"
 }
+
+// meter measures one proxy process over a measured window: the CPU it used
+// (clock: cpuTime or runTime) and, with -perf-stat, perf event counts. A
+// nil command (a target with no proxy, e.g. direct) measures nothing.
+type meter struct {
+	pid    int
+	clock  func(pid int) time.Duration
+	before time.Duration
+	pc     *perfCounter
+}
+
+func startMeter(ctx context.Context, cmd *exec.Cmd, events string, clock func(pid int) time.Duration) (*meter, error) {
+	if cmd == nil {
+		return &meter{}, nil
+	}
+	m := &meter{pid: cmd.Process.Pid, clock: clock}
+	var err error
+	if m.pc, err = startPerfStat(ctx, m.pid, events); err != nil {
+		return nil, err
+	}
+	m.before = clock(m.pid)
+	return m, nil
+}
+
+// stop ends the window: the CPU per unit (request or call; 0 without a
+// process or units) and the perf counts (nil without -perf-stat).
+func (m *meter) stop(units int64) (time.Duration, map[string]float64, error) {
+	counts, err := m.pc.stop()
+	var per time.Duration
+	if m.clock != nil && units > 0 {
+		per = (m.clock(m.pid) - m.before) / time.Duration(units)
+	}
+	return per, counts, err
+}
