@@ -49,7 +49,13 @@ type upConn struct {
 	// values are new each time): the proxy copies the entries out
 	// before the response body is read, and the map is not used after
 	// the connection goes back to the pool.
-	hdr       http.Header
+	hdr http.Header
+	// resp and body are the Response and Body handed out for the
+	// exchange in progress when readFastResponse parsed its head: reused
+	// per exchange, as the proxy holds neither after closing the body,
+	// which is what returns the connection to the pool.
+	resp      http.Response
+	body      upBody
 	nread     int64
 	reused    bool
 	idleSince time.Time
@@ -216,13 +222,12 @@ func writeHead(bw *bytes.Buffer, req *http.Request, body []byte) error {
 	return err
 }
 
-// roundTrip sends req (fastClientOK) to req.URL.Host and returns the
-// response; its Body returns the connection to the pool at EOF. The
-// connection's I/O fails at once when req is cancelled: through rc when
-// given (all of req's cancellations that matter go through it), else
-// through req's context.
-func (hp *h1Pool) roundTrip(req *http.Request, rc *reqCancel) (*http.Response, error) {
-	ctx := req.Context()
+// roundTrip sends req (fastClientOK) to req.URL.Host within ctx (req's
+// own context is not looked at) and returns the response; its Body
+// returns the connection to the pool at EOF. The connection's I/O fails at
+// once when the request is cancelled: through rc when given (all of ctx's
+// cancellations that matter go through it), else when ctx ends.
+func (hp *h1Pool) roundTrip(ctx context.Context, req *http.Request, rc *reqCancel) (*http.Response, error) {
 	var body []byte
 	if req.ContentLength > 0 {
 		body = make([]byte, req.ContentLength)
@@ -295,8 +300,10 @@ func (hp *h1Pool) roundTrip(req *http.Request, rc *reqCancel) (*http.Response, e
 			return nil, err
 		}
 		if left >= 0 {
-			// Parsed here: the body is the next left bytes of u.br.
-			resp.Body = &upBody{u: u, hp: hp, addr: addr, stop: stop, rc: rc, left: left, reusable: !resp.Close}
+			// Parsed here (resp is u.resp): the body is the next left bytes
+			// of u.br.
+			u.body = upBody{u: u, hp: hp, addr: addr, stop: stop, rc: rc, left: left, reusable: !resp.Close}
+			resp.Body = &u.body
 			return resp, nil
 		}
 		chunked := len(resp.TransferEncoding) > 0 && resp.TransferEncoding[0] == "chunked"
@@ -417,7 +424,7 @@ func readFastResponse(br *bufio.Reader, req *http.Request, u *upConn) (*http.Res
 	if u.hdr == nil {
 		u.hdr = make(http.Header) // grows once to what the upstream sends
 	}
-	resp, n, ok := parseResponseHead(head, u.hdr)
+	resp, n, ok := parseResponseHead(head, u.hdr, &u.resp)
 	if !ok {
 		return nil, -1
 	}
@@ -452,9 +459,9 @@ var (
 )
 
 // parseResponseHead decodes a complete response head (see
-// readFastResponse for what it takes) with h, cleared first, as its
-// header map; ok=false means "not ours".
-func parseResponseHead(head []byte, h http.Header) (*http.Response, int64, bool) {
+// readFastResponse for what it takes) into resp with h, cleared first, as
+// its header map; ok=false means "not ours" (resp is then left unset).
+func parseResponseHead(head []byte, h http.Header, resp *http.Response) (*http.Response, int64, bool) {
 	clear(h)
 	// One string for the whole head: every key and value is a slice of it.
 	hs := string(head[:len(head)-4])
@@ -530,7 +537,7 @@ func parseResponseHead(head []byte, h http.Header) (*http.Response, int64, bool)
 	if cl < 0 {
 		return nil, 0, false // delimited by close: net/http's case
 	}
-	resp := &http.Response{
+	*resp = http.Response{
 		Status: line[9:], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, ContentLength: cl,
 	}

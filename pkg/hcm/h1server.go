@@ -94,7 +94,7 @@ type fastConn struct {
 	inHandler bool
 	watching  bool
 	watchDone chan struct{}
-	reqCancel context.CancelCauseFunc // the running request's reqCancel.fire
+	reqCancel *reqCancel // the running request's
 	watchT    *time.Timer
 	// The watch timer's state (armWatch, startWatch): seq counts the
 	// requests, armedSeq is the request the timer was armed for, inReq
@@ -433,9 +433,7 @@ func (c *fastConn) serveOne(req *http.Request) (keep bool) {
 	ctx, cancel := context.WithCancelCause(c.ctx)
 	defer cancel(context.Canceled)
 	req = req.WithContext(ctx)
-	rc := &reqCancel{cancel: cancel}
-	c.rw.rc = rc
-	c.rw.cancel = rc.fire
+	c.rw.rc = &reqCancel{cancel: cancel}
 	c.body.reset(req.ContentLength)
 	if req.ContentLength > 0 {
 		req.Body = &c.body
@@ -448,7 +446,7 @@ func (c *fastConn) serveOne(req *http.Request) (keep bool) {
 		c.rw.closeAfter = true
 	}
 	c.mu.Lock()
-	c.inHandler, c.reqCancel, c.broken = true, c.rw.cancel, false
+	c.inHandler, c.reqCancel, c.broken = true, c.rw.rc, false
 	c.mu.Unlock()
 	c.inReq.Store(true)
 	c.armWatch(c.seq.Add(1))
@@ -632,7 +630,7 @@ func (c *fastConn) startWatch() {
 
 // watch reads the client connection while a slow request runs: EOF or an
 // error means the client left, which cancels the request.
-func (c *fastConn) watch(cancel context.CancelCauseFunc, done chan struct{}) {
+func (c *fastConn) watch(rc *reqCancel, done chan struct{}) {
 	defer close(done)
 	var b [1]byte
 	n, err := c.raw.Read(b[:])
@@ -641,7 +639,7 @@ func (c *fastConn) watch(cancel context.CancelCauseFunc, done chan struct{}) {
 		return
 	}
 	if err != nil && !c.aborting.Load() {
-		cancel(context.Canceled)
+		rc.fire(context.Canceled)
 	}
 }
 
@@ -700,8 +698,7 @@ func (b *fastBody) Close() error { return nil }
 type fastRW struct {
 	c          *fastConn
 	req        *http.Request
-	cancel     context.CancelCauseFunc // cancels req's context: rc.fire
-	rc         *reqCancel
+	rc         *reqCancel // cancels req's context and its upstream I/O
 	h          http.Header
 	code       int
 	wroteHead  bool // WriteHeader called

@@ -43,7 +43,7 @@ type stream struct {
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	rc     *reqCancel   // fast path only: cancel is rc.fire
+	rc     *reqCancel   // fast path only, instead of cancel
 	last   atomic.Int64 // monotonic ns since start of the latest activity
 	// One timer serves the route timeout (deadline, since start) and the
 	// stream idle timeout (idle, since last activity); 0 disables either.
@@ -57,7 +57,10 @@ type stream struct {
 	// hv backs the one-value header slices the proxy adds, saving an
 	// allocation each (see one).
 	hv [4]string
-	// outURL is the upstream request's URL (saves an allocation).
+	// out is the upstream request and outURL its URL, kept here to save
+	// their allocations; out carries no context: clusterPool.roundTrip
+	// takes ctx apart and gives out one only for net/http's clients.
+	out    http.Request
 	outURL url.URL
 }
 
@@ -94,7 +97,7 @@ func (s *stream) touch() {
 // failed at once through a read deadline: the upstream writer blocked in
 // it must return before the transport gives the request up.
 func (s *stream) abort(cause error) {
-	s.cancel(cause)
+	s.cancelWith(cause)
 	if s.body != nil {
 		s.body.Close()
 	}
@@ -169,6 +172,17 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m.serve1(s)
 }
 
+// cancelWith cancels the stream's context with cause; on the fast path
+// (rc) that also cuts the upstream connection in use.
+func (s *stream) cancelWith(cause error) {
+	switch {
+	case s.rc != nil:
+		s.rc.fire(cause)
+	case s.cancel != nil:
+		s.cancel(cause)
+	}
+}
+
 func (s *stream) finish() {
 	if s.fc != nil {
 		s.fc.undefer(s) // before reading s.t: a deferred timer is armed or never will be
@@ -179,9 +193,7 @@ func (s *stream) finish() {
 	if t := s.t.Load(); t != nil {
 		t.Stop()
 	}
-	if s.cancel != nil {
-		s.cancel(context.Canceled)
-	}
+	s.cancelWith(context.Canceled)
 	if s.m.alog == nil {
 		return
 	}
@@ -313,10 +325,10 @@ func (m *Manager) serve1(s *stream) {
 			timeout = gt
 		}
 	}
-	if fw, ok := s.w.(*fastRW); ok && fw.cancel != nil {
+	if fw, ok := s.w.(*fastRW); ok && fw.rc != nil {
 		// HTTP/1.1 fast path: the request context is already this
 		// stream's own (h1server.go), no need for a child.
-		s.ctx, s.cancel, s.rc = r.Context(), fw.cancel, fw.rc
+		s.ctx, s.rc = r.Context(), fw.rc
 	} else {
 		s.ctx, s.cancel = context.WithCancelCause(r.Context())
 	}
@@ -351,9 +363,8 @@ func (m *Manager) serve1(s *stream) {
 		return
 	}
 
-	// Built on the stack: WithContext makes the one heap copy.
 	s.outURL = url.URL{Scheme: "http", Opaque: outPath}
-	outv := http.Request{
+	s.out = http.Request{
 		Method:        r.Method,
 		URL:           &s.outURL,
 		Proto:         "HTTP/1.1",
@@ -366,12 +377,12 @@ func (m *Manager) serve1(s *stream) {
 		Trailer:       r.Trailer,
 	}
 	if q := strings.IndexByte(outPath, '?'); q >= 0 {
-		outv.URL.Opaque, outv.URL.RawQuery = outPath[:q], outPath[q+1:]
+		s.outURL.Opaque, s.outURL.RawQuery = outPath[:q], outPath[q+1:]
 	}
 	if body == http.NoBody {
-		outv.ContentLength = 0
+		s.out.ContentLength = 0
 	}
-	out := outv.WithContext(s.ctx)
+	out := &s.out
 	cp := m.pools.cluster(cluster)
 	var resp *http.Response
 	var upStart time.Time
@@ -394,7 +405,7 @@ func (m *Manager) serve1(s *stream) {
 		}
 		useH2 := ep.Protocol == UpstreamHTTP2 || (ep.Protocol == UseDownstreamProtocol && r.ProtoMajor == 2)
 		upStart = time.Now()
-		resp, err = cp.roundTrip(out, useH2, s.rc)
+		resp, err = cp.roundTrip(s.ctx, out, useH2, s.rc)
 		if err == nil && s.ctx.Err() != nil {
 			// A response that raced with our own timeout or the client
 			// leaving: the stream is already cut.
@@ -421,7 +432,7 @@ func (m *Manager) serve1(s *stream) {
 		// handler. Cancel first unless the exchange completed cleanly
 		// (cancelling then would cost the HTTP/1.1 connection its reuse).
 		if !done || (s.body != nil && !s.body.eof.Load()) {
-			s.cancel(context.Canceled)
+			s.cancelWith(context.Canceled)
 		}
 		resp.Body.Close()
 	}()
@@ -464,7 +475,7 @@ func (m *Manager) serve1(s *stream) {
 			s.sent.Add(int64(wn))
 			if werr != nil {
 				s.addFlag(FlagDownstreamConnTerm)
-				s.cancel(context.Canceled)
+				s.cancelWith(context.Canceled)
 				return
 			}
 			if stream && fl != nil {
@@ -674,7 +685,7 @@ func (b *reqBody) Read(p []byte) (int, error) {
 		b.s.touch()
 		if t := b.n.Add(int64(n)); b.limit > 0 && t > b.limit {
 			b.tooLarge.Store(true)
-			b.s.cancel(errBodyTooLarge)
+			b.s.cancelWith(errBodyTooLarge)
 			return 0, errBodyTooLarge
 		}
 	}

@@ -225,17 +225,17 @@ func (cp *clusterPool) close() {
 	cp.h2.CloseIdleConnections()
 }
 
-// roundTrip sends req upstream. rc, when not nil, is how req's context is
-// cancelled (HTTP/1.1 fast path); the synchronous client uses it instead
-// of watching the context.
-func (cp *clusterPool) roundTrip(req *http.Request, h2 bool, rc *reqCancel) (*http.Response, error) {
+// roundTrip sends req upstream within ctx (req's own context is not
+// used). rc, when not nil, is how ctx is cancelled (HTTP/1.1 fast path);
+// the synchronous client uses it instead of watching the context.
+func (cp *clusterPool) roundTrip(ctx context.Context, req *http.Request, h2 bool, rc *reqCancel) (*http.Response, error) {
 	if h2 {
-		return cp.h2.RoundTrip(req)
+		return cp.h2.RoundTrip(req.WithContext(ctx))
 	}
 	if fastClientOK(req) {
-		return cp.fast.roundTrip(req, rc)
+		return cp.fast.roundTrip(ctx, req, rc)
 	}
-	return cp.h1.RoundTrip(req)
+	return cp.h1.RoundTrip(req.WithContext(ctx))
 }
 
 // String describes the pool for logs.
