@@ -224,8 +224,13 @@ func cmdRun(args []string) error {
 	cpus := runtime.GOMAXPROCS(0)
 	_, envSet := os.LookupEnv("GOMAXPROCS")
 	procs := cfg.Procs(cpus, envSet)
-	runtime.GOMAXPROCS(procs)
-	log.Debug("scheduler slots", zap.Int("gomaxprocs", procs), zap.Int("available", cpus), zap.Bool("from_env", envSet))
+	if procs != cpus {
+		// Setting GOMAXPROCS stops the runtime from following the
+		// container's CPU limit (a pod resized in place): only when
+		// proxy.concurrency is below what the runtime chose.
+		runtime.GOMAXPROCS(procs)
+	}
+	log.Debug("scheduler slots", zap.Int("gomaxprocs", procs), zap.Int("available", cpus), zap.Bool("from_env", envSet), zap.Bool("follows_cpu_limit", procs == cpus && !envSet))
 	if err := agent.New(cfg, log).Run(ctx); err != nil {
 		return fail(1, "%v", err)
 	}
