@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -458,5 +460,74 @@ func TestDeferTimerAfterWatchFired(t *testing.T) {
 	c.startWatch() // fires before the handler sets its timers up
 	if c.deferTimer(newStream()) {
 		t.Fatal("deferred to a watch timer that already fired")
+	}
+}
+
+// A fast-path connection reuses its finished stream for the next request
+// (stream.recycle) unless something may still hold it: nothing of one
+// request (flags, request id, byte counts, path) may show in the next one's
+// access-log entry or upstream request, across plain GETs, requests with a
+// body (never recycled) and route timeouts whose timer was armed (never
+// recycled).
+func TestFastPathStreamReuse(t *testing.T) {
+	up := newUpstreams()
+	up.set("echo", ep(startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Seen-Id", r.Header.Get("X-Request-Id"))
+		w.Header().Set("X-Seen-Path", r.URL.Path)
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		w.Write(b)
+	}))))
+	up.set("slow", ep(startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done() // the route's 0.2 s timeout ends it
+	}))))
+	p := startProxy(t, mustHCM(t, basicHCM), nil, up)
+	c, br := rawConn(t, p.addr)
+	n := 0
+	ids := map[string]bool{}
+	entry := func(path string, code int, flags string, recv int64) Entry {
+		t.Helper()
+		n++
+		e := p.log.last(t, n)
+		if e.Path != path || e.Code != code || e.Flags != flags || e.BytesReceived != recv {
+			t.Fatalf("entry %d: path %q code %d flags %q received %d, want %q %d %q %d", n, e.Path, e.Code, e.Flags, e.BytesReceived, path, code, flags, recv)
+		}
+		if e.RequestID == "" || ids[e.RequestID] {
+			t.Fatalf("entry %d: request id %q empty or seen before", n, e.RequestID)
+		}
+		ids[e.RequestID] = true
+		return e
+	}
+	get := func(path string) {
+		t.Helper()
+		resp, b := roundTripRaw(t, c, br, "GET", "GET "+path+" HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+		if resp.StatusCode != 200 || len(b) != 0 || resp.Header.Get("X-Seen-Path") != path {
+			t.Fatalf("GET %s: status %d, body %q, upstream saw %q", path, resp.StatusCode, b, resp.Header.Get("X-Seen-Path"))
+		}
+		if e := entry(path, 200, "", 0); resp.Header.Get("X-Seen-Id") != e.RequestID {
+			t.Fatalf("GET %s: upstream saw request id %q, access log has %q", path, resp.Header.Get("X-Seen-Id"), e.RequestID)
+		}
+	}
+	for i := range 3 {
+		get(fmt.Sprintf("/a%d", i))
+		get(fmt.Sprintf("/b%d", i)) // on the stream /a left
+		resp, b := roundTripRaw(t, c, br, "POST", fmt.Sprintf("POST /p%d HTTP/1.1\r\nHost: svc.test\r\nContent-Length: 3\r\n\r\nabc", i))
+		if resp.StatusCode != 200 || string(b) != "abc" {
+			t.Fatalf("POST %d: status %d, body %q", i, resp.StatusCode, b)
+		}
+		entry(fmt.Sprintf("/p%d", i), 200, "", 3)
+		get(fmt.Sprintf("/c%d", i))
+		resp, _ = roundTripRaw(t, c, br, "GET", fmt.Sprintf("GET /slow%d HTTP/1.1\r\nHost: svc.test\r\n\r\n", i))
+		if resp.StatusCode != http.StatusGatewayTimeout {
+			t.Fatalf("slow %d: status %d, want 504", i, resp.StatusCode)
+		}
+		entry(fmt.Sprintf("/slow%d", i), http.StatusGatewayTimeout, FlagUpstreamTimeout, 0)
+		get(fmt.Sprintf("/d%d", i))
+		resp, _ = roundTripRaw(t, c, br, "GET", fmt.Sprintf("GET /nocluster%d HTTP/1.1\r\nHost: svc.test\r\n\r\n", i))
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("nocluster %d: status %d, want 503", i, resp.StatusCode)
+		}
+		entry(fmt.Sprintf("/nocluster%d", i), http.StatusServiceUnavailable, FlagNoCluster, 0) // a recycled stream with a flag
+		get(fmt.Sprintf("/e%d", i))
 	}
 }

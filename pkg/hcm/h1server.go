@@ -72,6 +72,9 @@ func (d *dsReader) Read(p []byte) (int, error) {
 
 // fastConn is one downstream HTTP/1.1 connection on the fast path.
 type fastConn struct {
+	// spare is a finished stream kept for the next request (stream.recycle);
+	// used on the connection's goroutine only.
+	spare *stream
 	m      *Manager
 	sc     *serverConn
 	raw    net.Conn

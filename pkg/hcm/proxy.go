@@ -40,6 +40,8 @@ type stream struct {
 	body  *reqBody
 	sent  atomic.Int64
 	wrote bool
+	// upgraded: the stream became an Upgrade tunnel (never recycled).
+	upgraded bool
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -157,7 +159,16 @@ func (s *stream) checkTimer() {
 // ServeHTTP proxies one request. It implements http.Handler for both the
 // HTTP/1.1 and the HTTP/2 server.
 func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s := &stream{m: m, w: w, r: r, start: time.Now()}
+	var s *stream
+	if fw, ok := w.(*fastRW); ok && fw.c.spare != nil {
+		// The fast-path connection's previous stream, which nothing
+		// references any more (see finish): a stream is about 1 KiB, over
+		// half of what a proxied request allocates.
+		s, fw.c.spare = fw.c.spare, nil
+		*s = stream{m: m, w: w, r: r, start: time.Now()}
+	} else {
+		s = &stream{m: m, w: w, r: r, start: time.Now()}
+	}
 	s.info, _ = r.Context().Value(connInfoKey{}).(*connInfo)
 	if s.info == nil {
 		s.info = &connInfo{}
@@ -168,8 +179,15 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.e.Authority = r.Host
 	s.e.Path = r.RequestURI
 	s.grpc = isGRPC(r.Header)
-	defer s.finish()
+	served := false
+	defer func() {
+		s.finish()
+		if served { // not after a panic (an aborted stream)
+			s.recycle()
+		}
+	}()
 	m.serve1(s)
+	served = true
 }
 
 // cancelWith cancels the stream's context with cause; on the fast path
@@ -205,6 +223,19 @@ func (s *stream) finish() {
 	s.e.XFF = s.r.Header.Get("X-Forwarded-For")
 	s.e.UserAgent = s.r.Header.Get("User-Agent")
 	s.m.alog.Log(&s.e)
+}
+
+// recycle offers s to its fast-path connection for the next request when
+// nothing can reference it once the handler returns: no timer of it was
+// ever armed (after fastConn.undefer none can be), no request body (an
+// upstream writer may still hold it), no upgrade. Called last, on the
+// connection's goroutine.
+func (s *stream) recycle() {
+	fw, ok := s.w.(*fastRW)
+	if !ok || s.upgraded || s.body != nil || s.reqT != nil || s.t.Load() != nil {
+		return
+	}
+	fw.c.spare = s
 }
 
 func (m *Manager) serve1(s *stream) {
@@ -359,6 +390,7 @@ func (m *Manager) serve1(s *stream) {
 		s.idle = 0
 	}
 	if upgrade != "" {
+		s.upgraded = true
 		s.proxyUpgrade(cluster, outHost, outPath)
 		return
 	}
