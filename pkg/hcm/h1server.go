@@ -74,7 +74,7 @@ func (d *dsReader) Read(p []byte) (int, error) {
 type fastConn struct {
 	// spare is a finished stream kept for the next request (stream.recycle);
 	// used on the connection's goroutine only.
-	spare *stream
+	spare  *stream
 	m      *Manager
 	sc     *serverConn
 	raw    net.Conn
