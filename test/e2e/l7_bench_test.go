@@ -102,6 +102,7 @@ func TestBenchL7(t *testing.T) {
 		// and system calls per request, bytes relayed without HTTP.
 		{"meshlet agent, tcp_proxy (L4 relay, no HTTP; default accel)", "http://" + tcpVIP + "/", agentPID, &no},
 	}
+	recorded := map[string]bool{} // perfRecord: targets recorded in this run
 	wrkRun := func(tg target, secs int) wrkStats {
 		if tg.intoApp != nil {
 			m.setAccel(*tg.intoApp)
@@ -110,7 +111,7 @@ func TestBenchL7(t *testing.T) {
 		if tg.pid != 0 {
 			before = procCPU(t, tg.pid)
 		}
-		stopPerf := perfRecord(t, tg.pid, tg.name, secs)
+		stopPerf := perfRecord(t, recorded, tg.pid, tg.name, secs)
 		out := run(t, m.app("taskset", "-c", "1", "wrk", "-t1", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", secs), "--latency", tg.url))
 		stopPerf()
 		s := parseWrk(t, out)
@@ -409,10 +410,11 @@ func loadAvg() string {
 
 // perfRecord, when MESHLET_BENCH_L7_PERF names a folder, records the kernel
 // and user stacks of proxy pid (perf record -g) during one wrk run of a
-// target (the first run of at least 3 s of each target; warm-ups are
-// shorter) into FOLDER/<target>.perf.data, for `perf report -i`. The
+// target (the first run of at least 3 s of each target in this test run,
+// noted in recorded; warm-ups are shorter) into FOLDER/<target>.perf.data,
+// for `perf report -i`, replacing a recording of an earlier run. The
 // returned func stops the recording.
-func perfRecord(t *testing.T, pid int, target string, secs int) func() {
+func perfRecord(t *testing.T, recorded map[string]bool, pid int, target string, secs int) func() {
 	t.Helper()
 	dir := os.Getenv("MESHLET_BENCH_L7_PERF")
 	if dir == "" || pid == 0 || secs < 3 {
@@ -424,10 +426,12 @@ func perfRecord(t *testing.T, pid int, target string, secs int) func() {
 		}
 		return '-'
 	}, strings.ToLower(target))
-	out := filepath.Join(dir, name+".perf.data")
-	if _, err := os.Stat(out); err == nil {
+	if recorded[name] {
 		return func() {} // one recording per target
 	}
+	recorded[name] = true
+	out := filepath.Join(dir, name+".perf.data")
+	_ = os.Remove(out) // perf would keep it as .old
 	cmd := exec.Command("perf", "record", "-q", "-g", "-p", strconv.Itoa(pid), "-o", out)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("perf record: %v", err)
