@@ -40,8 +40,10 @@ type stream struct {
 	body  *reqBody
 	sent  atomic.Int64
 	wrote bool
-	// upgraded: the stream became an Upgrade tunnel (never recycled).
-	upgraded bool
+	// upgraded: the stream became an Upgrade tunnel; viaTransport: a
+	// net/http or x/net transport carried the request, whose goroutines
+	// may outlive the handler (neither is recycled).
+	upgraded, viaTransport bool
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -162,7 +164,7 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var s *stream
 	if fw, ok := w.(*fastRW); ok && fw.c.spare != nil {
 		// The fast-path connection's previous stream, which nothing
-		// references any more (see finish): a stream is about 1 KiB, over
+		// references any more (see recycle): a stream is about 1 KiB, over
 		// half of what a proxied request allocates.
 		s, fw.c.spare = fw.c.spare, nil
 		*s = stream{m: m, w: w, r: r, start: time.Now()}
@@ -228,11 +230,13 @@ func (s *stream) finish() {
 // recycle offers s to its fast-path connection for the next request when
 // nothing can reference it once the handler returns: no timer of it was
 // ever armed (after fastConn.undefer none can be), no request body (an
-// upstream writer may still hold it), no upgrade. Called last, on the
-// connection's goroutine.
+// upstream writer may still hold it), no upgrade, and the upstream
+// exchange, if any, was the synchronous client's (a transport's request
+// goroutine may still run after a cancelled exchange, holding s.out).
+// Called last, on the connection's goroutine.
 func (s *stream) recycle() {
 	fw, ok := s.w.(*fastRW)
-	if !ok || s.upgraded || s.body != nil || s.reqT != nil || s.t.Load() != nil {
+	if !ok || s.upgraded || s.viaTransport || s.body != nil || s.reqT != nil || s.t.Load() != nil {
 		return
 	}
 	fw.c.spare = s
@@ -436,6 +440,9 @@ func (m *Manager) serve1(s *stream) {
 			out.Host = addr
 		}
 		useH2 := ep.Protocol == UpstreamHTTP2 || (ep.Protocol == UseDownstreamProtocol && r.ProtoMajor == 2)
+		if useH2 || !fastClientOK(out) {
+			s.viaTransport = true
+		}
 		upStart = time.Now()
 		resp, err = cp.roundTrip(s.ctx, out, useH2, s.rc)
 		if err == nil && s.ctx.Err() != nil {
