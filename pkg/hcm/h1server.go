@@ -97,7 +97,7 @@ type fastConn struct {
 	inHandler bool
 	watching  bool
 	watchDone chan struct{}
-	reqCancel *reqCancel // the running request's
+	reqCancel *reqCancel // cancels the running request
 	watchT    *time.Timer
 	// The watch timer's state (armWatch, startWatch): seq counts the
 	// requests, armedSeq is the request the timer was armed for, inReq

@@ -440,11 +440,12 @@ func (m *Manager) serve1(s *stream) {
 			out.Host = addr
 		}
 		useH2 := ep.Protocol == UpstreamHTTP2 || (ep.Protocol == UseDownstreamProtocol && r.ProtoMajor == 2)
-		if useH2 || !fastClientOK(out) {
+		client := clientFor(out, useH2)
+		if client != clientFast {
 			s.viaTransport = true
 		}
 		upStart = time.Now()
-		resp, err = cp.roundTrip(s.ctx, out, useH2, s.rc)
+		resp, err = cp.roundTrip(s.ctx, out, client, s.rc)
 		if err == nil && s.ctx.Err() != nil {
 			// A response that raced with our own timeout or the client
 			// leaving: the stream is already cut.

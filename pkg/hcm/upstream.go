@@ -225,14 +225,36 @@ func (cp *clusterPool) close() {
 	cp.h2.CloseIdleConnections()
 }
 
-// roundTrip sends req upstream within ctx (req's own context is not
-// used). rc, when not nil, is how ctx is cancelled (HTTP/1.1 fast path);
-// the synchronous client uses it instead of watching the context.
-func (cp *clusterPool) roundTrip(ctx context.Context, req *http.Request, h2 bool, rc *reqCancel) (*http.Response, error) {
-	if h2 {
-		return cp.h2.RoundTrip(req.WithContext(ctx))
+// upstreamClient is which client of a clusterPool carries a request.
+type upstreamClient uint8
+
+const (
+	clientFast upstreamClient = iota // the synchronous HTTP/1.1 client (h1client.go)
+	clientH1                         // net/http's Transport
+	clientH2                         // x/net/http2's Transport
+)
+
+// clientFor picks the client for req: HTTP/2 when h2, else the
+// synchronous client when req suits it (fastClientOK).
+func clientFor(req *http.Request, h2 bool) upstreamClient {
+	switch {
+	case h2:
+		return clientH2
+	case fastClientOK(req):
+		return clientFast
 	}
-	if fastClientOK(req) {
+	return clientH1
+}
+
+// roundTrip sends req upstream through client within ctx (req's own
+// context is not used). rc, when not nil, is how ctx is cancelled
+// (HTTP/1.1 fast path); the synchronous client uses it instead of watching
+// the context.
+func (cp *clusterPool) roundTrip(ctx context.Context, req *http.Request, client upstreamClient, rc *reqCancel) (*http.Response, error) {
+	switch client {
+	case clientH2:
+		return cp.h2.RoundTrip(req.WithContext(ctx))
+	case clientFast:
 		return cp.fast.roundTrip(ctx, req, rc)
 	}
 	return cp.h1.RoundTrip(req.WithContext(ctx))
