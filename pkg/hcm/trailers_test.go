@@ -1,0 +1,92 @@
+package hcm
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// Request trailers reach the upstream, and response trailers the client,
+// over each pairing of downstream and upstream protocol: HTTP/1.1 chunked
+// bodies (the downstream request is served by net/http, as the fast path
+// hands off Transfer-Encoding) and HTTP/2 (h2c) DATA followed by a
+// trailing HEADERS frame.
+func TestRequestAndResponseTrailers(t *testing.T) {
+	upstream := func(t *testing.T, proto UpstreamProtocol) Endpoint {
+		addr := startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b, err := io.ReadAll(r.Body) // trailers are known at EOF
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			w.Header().Set("Trailer", "X-Resp-Sum")
+			w.Header().Set("X-Got-Trailer", r.Trailer.Get("X-Req-Sum"))
+			w.Header().Set("X-Got-Proto", r.Proto)
+			fmt.Fprintf(w, "%d bytes", len(b))
+			w.(http.Flusher).Flush() // a streamed body: the trailer follows it
+			w.Header().Set("X-Resp-Sum", "resp-"+r.Trailer.Get("X-Req-Sum"))
+		}))
+		return Endpoint{Addr: addr, Protocol: proto}
+	}
+	for _, tc := range []struct {
+		name      string
+		down      string // "h1" or "h2"
+		up        UpstreamProtocol
+		wantProto string // what the upstream saw
+	}{
+		{"h1 to h1", "h1", UpstreamHTTP1, "HTTP/1.1"},
+		{"h1 to h2", "h1", UpstreamHTTP2, "HTTP/2.0"},
+		{"h2 to h1", "h2", UpstreamHTTP1, "HTTP/1.1"},
+		{"h2 to h2", "h2", UpstreamHTTP2, "HTTP/2.0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := newUpstreams()
+			up.set("echo", upstream(t, tc.up))
+			p := startProxy(t, mustHCM(t, basicHCM), nil, up)
+			c := &http.Client{}
+			if tc.down == "h2" {
+				c.Transport = h2cTransport()
+			} else {
+				c.Transport = &http.Transport{}
+			}
+			defer c.CloseIdleConnections()
+
+			pr, pw := io.Pipe()
+			req, err := http.NewRequest(http.MethodPost, "http://"+p.addr+"/t", pr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Host = "svc.test"
+			req.ContentLength = -1 // chunked on HTTP/1.1
+			req.Trailer = http.Header{"X-Req-Sum": nil}
+			go func() {
+				_, _ = io.WriteString(pw, strings.Repeat("b", 3000))
+				req.Trailer.Set("X-Req-Sum", "abc123") // set before EOF: sent after the body
+				pw.Close()
+			}()
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("request: %v", err)
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatalf("response body: %v", err)
+			}
+			if resp.StatusCode != 200 || string(b) != "3000 bytes" {
+				t.Fatalf("status %d, body %q", resp.StatusCode, b)
+			}
+			if got := resp.Header.Get("X-Got-Proto"); got != tc.wantProto {
+				t.Errorf("upstream spoke %q, want %q", got, tc.wantProto)
+			}
+			if got := resp.Header.Get("X-Got-Trailer"); got != "abc123" {
+				t.Errorf("upstream saw request trailer X-Req-Sum=%q, want abc123", got)
+			}
+			if got := resp.Trailer.Get("X-Resp-Sum"); got != "resp-abc123" {
+				t.Errorf("client saw response trailer X-Resp-Sum=%q, want resp-abc123 (trailers %v)", got, resp.Trailer)
+			}
+		})
+	}
+}
