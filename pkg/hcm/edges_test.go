@@ -1,6 +1,7 @@
 package hcm
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -188,5 +189,84 @@ func TestUpstreamGOAWAYDrains(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Error("upstream shutdown did not finish")
+	}
+}
+
+// An upgraded (WebSocket-style) connection is closed once both directions
+// have been quiet for the stream idle timeout (here the route's
+// idle_timeout, 1 s), with SI in the access log, and traffic in either
+// direction alone keeps it open: the client talking while the upstream only
+// answers, and the upstream pushing while the client is silent, each for
+// 2.5 idle timeouts.
+func TestUpgradeIdleTimeout(t *testing.T) {
+	up := newUpstreams()
+	up.set("ws", ep(startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		if r.Header.Get("X-Push") != "" {
+			for i := range 25 {
+				fmt.Fprintf(brw, "tick %d\n", i)
+				brw.Flush()
+				time.Sleep(100 * time.Millisecond) // pacing the pushes is the test's point
+			}
+		}
+		for { // echo until the proxy closes
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			brw.WriteString(strings.ToUpper(line))
+			brw.Flush()
+		}
+	}))))
+	hcm := strings.Replace(basicHCM, `"route": {"cluster": "ws"}`, `"route": {"cluster": "ws", "idle_timeout": "1s"}`, 1)
+	if hcm == basicHCM {
+		t.Fatal("ws route not found in basicHCM")
+	}
+	p := startProxy(t, mustHCM(t, hcm), nil, up)
+	n := 0
+	for _, push := range []bool{false, true} {
+		conn, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(30 * time.Second))
+		hdr := ""
+		if push {
+			hdr = "X-Push: 1\r\n"
+		}
+		io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: svc.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+hdr+"\r\n")
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 101 {
+			t.Fatalf("push=%v: upgrade: %v %v", push, resp, err)
+		}
+		for i := range 25 {
+			want := fmt.Sprintf("tick %d\n", i)
+			if !push {
+				io.WriteString(conn, fmt.Sprintf("ping %d\n", i))
+				want = fmt.Sprintf("PING %d\n", i)
+				time.Sleep(100 * time.Millisecond)
+			}
+			if line, err := br.ReadString('\n'); err != nil || line != want {
+				t.Fatalf("push=%v: message %d: %q %v (want %q): closed while traffic flowed", push, i, line, err, want)
+			}
+		}
+		// Now quiet both ways: the proxy closes the tunnel.
+		if b, err := br.ReadByte(); err == nil {
+			t.Fatalf("push=%v: read %q after the traffic stopped", push, b)
+		} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("push=%v: the quiet tunnel was not closed", push)
+		}
+		n++
+		if e := p.log.last(t, n); e.Code != 101 || e.Flags != FlagStreamIdleTimeout {
+			t.Errorf("push=%v: access log code %d flags %q, want 101 %q", push, e.Code, e.Flags, FlagStreamIdleTimeout)
+		}
 	}
 }

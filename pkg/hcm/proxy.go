@@ -383,20 +383,21 @@ func (m *Manager) serve1(s *stream) {
 			})
 		}
 	}
-	if upgrade == "" { // upgraded streams live until either side closes
-		s.deadline = max(timeout, 0)
-		if s.idle > 0 || s.deadline > 0 {
-			if fw, ok := s.w.(*fastRW); !ok || !fw.c.deferTimer(s) {
-				s.armTimer()
-			}
-		}
-	} else {
-		s.idle = 0
-	}
 	if upgrade != "" {
+		// An upgraded stream has no route timeout: it lives until either
+		// side closes, or until both directions are quiet for the stream
+		// idle timeout, which the tunnel applies itself.
+		idle := s.idle
+		s.idle = 0
 		s.upgraded = true
-		s.proxyUpgrade(cluster, outHost, outPath)
+		s.proxyUpgrade(cluster, outHost, outPath, idle)
 		return
+	}
+	s.deadline = max(timeout, 0)
+	if s.idle > 0 || s.deadline > 0 {
+		if fw, ok := s.w.(*fastRW); !ok || !fw.c.deferTimer(s) {
+			s.armTimer()
+		}
 	}
 
 	s.outURL = url.URL{Scheme: "http", Opaque: outPath}

@@ -3,11 +3,13 @@ package hcm
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -15,8 +17,9 @@ import (
 
 // proxyUpgrade forwards an HTTP/1.1 Upgrade request (WebSocket, ...) on a
 // dedicated upstream connection and, on 101, turns both connections into
-// a raw byte pipe. Any other status is relayed as a normal response.
-func (s *stream) proxyUpgrade(cluster, host, path string) {
+// a raw byte pipe, closed when both directions have been quiet for idle
+// (0: never; flag SI). Any other status is relayed as a normal response.
+func (s *stream) proxyUpgrade(cluster, host, path string, idle time.Duration) {
 	ep, err := s.m.up.Pick(s.ctx, cluster, s.info.orig)
 	if err != nil {
 		s.local(http.StatusServiceUnavailable, FlagNoHealthyUpstream, "no_healthy_upstream", "no healthy upstream")
@@ -86,30 +89,52 @@ func (s *stream) proxyUpgrade(cluster, host, path string) {
 	// Bytes already buffered on either side go first.
 	var wg sync.WaitGroup
 	var recv int64
+	q := &quiet{idle: idle, start: time.Now()}
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		recv = pipe(uc, brw.Reader, dc)
+		recv = pipe(uc, brw.Reader, dc, q)
 		closeBoth(uc, dc)
 	}()
 	go func() {
 		defer wg.Done()
-		n := pipe(dc, br, uc)
+		n := pipe(dc, br, uc, q)
 		s.sent.Add(n)
 		closeBoth(uc, dc)
 	}()
 	wg.Wait()
 	s.e.BytesReceived = recv
+	if q.expired.Load() {
+		s.addFlag(FlagStreamIdleTimeout)
+	}
+}
+
+// quiet is a tunnel's idle timeout, shared by its two directions: traffic
+// either way keeps both open.
+type quiet struct {
+	idle    time.Duration // 0: none
+	start   time.Time
+	last    atomic.Int64 // time of the latest traffic, since start
+	expired atomic.Bool  // a direction ended because both were quiet
+}
+
+func (q *quiet) touch() { q.last.Store(int64(time.Since(q.start))) }
+
+// deadline is when the tunnel expires unless there is traffic before.
+func (q *quiet) deadline() time.Time {
+	return q.start.Add(time.Duration(q.last.Load()) + q.idle)
 }
 
 // pipe copies buffered bytes then the live connection to dst with an
-// explicit read/write loop (never splice).
-func pipe(dst net.Conn, buffered *bufio.Reader, src net.Conn) int64 {
+// explicit read/write loop (never splice), until either end fails or, with
+// an idle timeout, both directions have been quiet for it.
+func pipe(dst net.Conn, buffered *bufio.Reader, src net.Conn, q *quiet) int64 {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
 	var total int64
 	if k := buffered.Buffered(); k > 0 {
+		q.touch()
 		pre, _ := buffered.Peek(k)
 		n, err := dst.Write(pre)
 		total += int64(n)
@@ -118,8 +143,12 @@ func pipe(dst net.Conn, buffered *bufio.Reader, src net.Conn) int64 {
 		}
 	}
 	for {
+		if q.idle > 0 {
+			_ = src.SetReadDeadline(q.deadline())
+		}
 		n, err := src.Read(buf)
 		if n > 0 {
+			q.touch()
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
 			if werr != nil {
@@ -127,6 +156,13 @@ func pipe(dst net.Conn, buffered *bufio.Reader, src net.Conn) int64 {
 			}
 		}
 		if err != nil {
+			var ne net.Error
+			if q.idle > 0 && errors.As(err, &ne) && ne.Timeout() {
+				if time.Now().Before(q.deadline()) {
+					continue // the other direction had traffic: not quiet yet
+				}
+				q.expired.Store(true)
+			}
 			return total
 		}
 	}
