@@ -318,28 +318,7 @@ func TestRequestBodyAnd100Continue(t *testing.T) {
 // WebSocket-style upgrade: after 101 bytes flow raw both ways.
 func TestUpgradePassthrough(t *testing.T) {
 	up := newUpstreams()
-	up.set("ws", ep(startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "websocket" {
-			http.Error(w, "no upgrade", 400)
-			return
-		}
-		c, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		brw.Flush()
-		// Echo upper-cased lines until EOF.
-		for {
-			line, err := brw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			brw.WriteString(strings.ToUpper(line))
-			brw.Flush()
-		}
-	}))))
+	up.set("ws", ep(startHTTP(t, wsUpstream())))
 	p := startProxy(t, mustHCM(t, basicHCM), nil, up)
 	conn, err := net.Dial("tcp", p.addr)
 	if err != nil {

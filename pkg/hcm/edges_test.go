@@ -104,21 +104,13 @@ func TestUpstreamGOAWAYDrains(t *testing.T) {
 	release := make(chan struct{})
 	started := make(chan struct{}, 1)
 	serve := func(name string) (netip.AddrPort, *http.Server) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := &http.Server{Protocols: new(http.Protocols), Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		return startHTTPServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == "/hold" {
 				started <- struct{}{}
 				<-release
 			}
 			fmt.Fprint(w, name)
-		})}
-		srv.Protocols.SetUnencryptedHTTP2(true)
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
-		return netip.MustParseAddrPort(ln.Addr().String()), srv
+		}))
 	}
 	aAddr, a := serve("a")
 	bAddr, _ := serve("b")
@@ -200,30 +192,7 @@ func TestUpstreamGOAWAYDrains(t *testing.T) {
 // 2.5 idle timeouts.
 func TestUpgradeIdleTimeout(t *testing.T) {
 	up := newUpstreams()
-	up.set("ws", ep(startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		brw.Flush()
-		if r.Header.Get("X-Push") != "" {
-			for i := range 25 {
-				fmt.Fprintf(brw, "tick %d\n", i)
-				brw.Flush()
-				time.Sleep(100 * time.Millisecond) // pacing the pushes is the test's point
-			}
-		}
-		for { // echo until the proxy closes
-			line, err := brw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			brw.WriteString(strings.ToUpper(line))
-			brw.Flush()
-		}
-	}))))
+	up.set("ws", ep(startHTTP(t, wsUpstream())))
 	hcm := strings.Replace(basicHCM, `"route": {"cluster": "ws"}`, `"route": {"cluster": "ws", "idle_timeout": "1s"}`, 1)
 	if hcm == basicHCM {
 		t.Fatal("ws route not found in basicHCM")

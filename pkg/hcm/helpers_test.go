@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -205,6 +206,14 @@ func startEcho(t testing.TB, name string) netip.AddrPort {
 
 func startHTTP(t testing.TB, h http.Handler) netip.AddrPort {
 	t.Helper()
+	addr, _ := startHTTPServer(t, h)
+	return addr
+}
+
+// startHTTPServer serves h over HTTP/1.1 and h2c on a loopback port and
+// also returns the server (for tests that shut it down themselves).
+func startHTTPServer(t testing.TB, h http.Handler) (netip.AddrPort, *http.Server) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -214,7 +223,41 @@ func startHTTP(t testing.TB, h http.Handler) netip.AddrPort {
 	srv.Protocols.SetUnencryptedHTTP2(true)
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	return netip.MustParseAddrPort(ln.Addr().String())
+	return netip.MustParseAddrPort(ln.Addr().String()), srv
+}
+
+// wsUpstream answers a WebSocket-style Upgrade with 101, then, when the
+// request carries X-Push, pushes "tick N" lines every 100 ms for 2.5 s,
+// and echoes upper-cased lines until the connection ends.
+func wsUpstream() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "websocket" {
+			http.Error(w, "no upgrade", 400)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		if r.Header.Get("X-Push") != "" {
+			for i := range 25 {
+				fmt.Fprintf(brw, "tick %d\n", i)
+				brw.Flush()
+				time.Sleep(100 * time.Millisecond) // the pacing is what TestUpgradeIdleTimeout needs
+			}
+		}
+		for {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			brw.WriteString(strings.ToUpper(line))
+			brw.Flush()
+		}
+	})
 }
 
 // closedPort returns a loopback address nothing listens on.
