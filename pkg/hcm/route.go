@@ -7,15 +7,14 @@ import (
 	"os"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 
 	"github.com/meshlet/meshlet/internal/weyl"
+	"github.com/meshlet/meshlet/pkg/match"
 )
 
 // defaultRouteTimeout is Envoy's route.timeout when the field is unset.
@@ -67,7 +66,7 @@ type route struct {
 	path          string // prefix/path/separated prefix; lower-case when !caseSensitive
 	re            *regexp.Regexp
 	caseSensitive bool
-	headers       []headerMatch
+	headers       []match.Header
 	query         []queryMatch
 	grpcOnly      bool
 
@@ -146,72 +145,9 @@ type headerOp struct {
 	keepEmpty bool
 }
 
-type strMatchKind uint8
-
-const (
-	smExact strMatchKind = iota
-	smPrefix
-	smSuffix
-	smContains
-	smRegex
-	smPresent
-	smRange
-)
-
-type stringMatcher struct {
-	kind       strMatchKind
-	s          string
-	re         *regexp.Regexp
-	ignoreCase bool
-	lo, hi     int64
-}
-
-func (m *stringMatcher) match(v string) bool {
-	switch m.kind {
-	case smPresent:
-		return true
-	case smRegex:
-		return m.re.MatchString(v)
-	case smRange:
-		n, err := strconv.ParseInt(v, 10, 64)
-		return err == nil && n >= m.lo && n < m.hi
-	}
-	if m.ignoreCase {
-		switch m.kind {
-		case smExact:
-			return strings.EqualFold(v, m.s)
-		case smPrefix:
-			return len(v) >= len(m.s) && strings.EqualFold(v[:len(m.s)], m.s)
-		case smSuffix:
-			return len(v) >= len(m.s) && strings.EqualFold(v[len(v)-len(m.s):], m.s)
-		case smContains:
-			return strings.Contains(strings.ToLower(v), m.s)
-		}
-	}
-	switch m.kind {
-	case smExact:
-		return v == m.s
-	case smPrefix:
-		return strings.HasPrefix(v, m.s)
-	case smSuffix:
-		return strings.HasSuffix(v, m.s)
-	case smContains:
-		return strings.Contains(v, m.s)
-	}
-	return false
-}
-
-type headerMatch struct {
-	name        string // canonical key or pseudo header (":method", ...)
-	m           stringMatcher
-	present     bool // for PresentMatch: expected presence
-	invert      bool
-	missingIsEm bool
-}
-
 type queryMatch struct {
 	name    string
-	m       *stringMatcher // nil: present match
+	m       *match.String // nil: present match
 	present bool
 }
 
@@ -357,41 +293,6 @@ func applyHeaderOps(h http.Header, ops []headerOp, del []string) {
 	}
 }
 
-func compileStringMatcher(sm *matcherv3.StringMatcher) (stringMatcher, error) {
-	m := stringMatcher{ignoreCase: sm.GetIgnoreCase()}
-	switch p := sm.GetMatchPattern().(type) {
-	case *matcherv3.StringMatcher_Exact:
-		m.kind, m.s = smExact, p.Exact
-	case *matcherv3.StringMatcher_Prefix:
-		m.kind, m.s = smPrefix, p.Prefix
-	case *matcherv3.StringMatcher_Suffix:
-		m.kind, m.s = smSuffix, p.Suffix
-	case *matcherv3.StringMatcher_Contains:
-		m.kind, m.s = smContains, p.Contains
-		if m.ignoreCase {
-			m.s = strings.ToLower(m.s)
-		}
-	case *matcherv3.StringMatcher_SafeRegex:
-		re, err := compileRegex(p.SafeRegex.GetRegex())
-		if err != nil {
-			return m, err
-		}
-		m.kind, m.re = smRegex, re
-	default:
-		return m, fmt.Errorf("unsupported string matcher %T", p)
-	}
-	return m, nil
-}
-
-// compileRegex anchors an RE2 pattern: Envoy's safe_regex matches the whole value.
-func compileRegex(s string) (*regexp.Regexp, error) {
-	re, err := regexp.Compile(`^(?:` + s + `)$`)
-	if err != nil {
-		return nil, fmt.Errorf("safe_regex %q: %w", s, err)
-	}
-	return re, nil
-}
-
 func compileRoute(pr *routev3.Route, vhRetry *routev3.RetryPolicy) (*route, error) {
 	r := &route{name: pr.GetName(), idleTimeout: -1}
 	m := pr.GetMatch()
@@ -405,7 +306,7 @@ func compileRoute(pr *routev3.Route, vhRetry *routev3.RetryPolicy) (*route, erro
 	case *routev3.RouteMatch_Path:
 		r.kind, r.path = pathExact, ps.Path
 	case *routev3.RouteMatch_SafeRegex:
-		re, err := compileRegex(ps.SafeRegex.GetRegex())
+		re, err := match.CompileRegex(ps.SafeRegex.GetRegex())
 		if err != nil {
 			return nil, err
 		}
@@ -420,7 +321,7 @@ func compileRoute(pr *routev3.Route, vhRetry *routev3.RetryPolicy) (*route, erro
 	}
 	r.grpcOnly = m.GetGrpc() != nil
 	for _, h := range m.GetHeaders() {
-		hm, err := compileHeaderMatch(h)
+		hm, err := match.CompileHeader(h)
 		if err != nil {
 			return nil, err
 		}
@@ -430,7 +331,7 @@ func compileRoute(pr *routev3.Route, vhRetry *routev3.RetryPolicy) (*route, erro
 		qm := queryMatch{name: q.GetName()}
 		switch s := q.GetQueryParameterMatchSpecifier().(type) {
 		case *routev3.QueryParameterMatcher_StringMatch:
-			sm, err := compileStringMatcher(s.StringMatch)
+			sm, err := match.CompileString(s.StringMatch)
 			if err != nil {
 				return nil, fmt.Errorf("query parameter %q: %w", q.GetName(), err)
 			}
@@ -489,47 +390,6 @@ func compileRoute(pr *routev3.Route, vhRetry *routev3.RetryPolicy) (*route, erro
 		return nil, fmt.Errorf("unsupported route action %T", a)
 	}
 	return r, nil
-}
-
-func compileHeaderMatch(h *routev3.HeaderMatcher) (headerMatch, error) {
-	name := strings.ToLower(h.GetName())
-	if !strings.HasPrefix(name, ":") {
-		name = http.CanonicalHeaderKey(name)
-	}
-	hm := headerMatch{name: name, invert: h.GetInvertMatch(), missingIsEm: h.GetTreatMissingHeaderAsEmpty()}
-	switch s := h.GetHeaderMatchSpecifier().(type) {
-	case *routev3.HeaderMatcher_ExactMatch:
-		hm.m = stringMatcher{kind: smExact, s: s.ExactMatch}
-	case *routev3.HeaderMatcher_PrefixMatch:
-		hm.m = stringMatcher{kind: smPrefix, s: s.PrefixMatch}
-	case *routev3.HeaderMatcher_SuffixMatch:
-		hm.m = stringMatcher{kind: smSuffix, s: s.SuffixMatch}
-	case *routev3.HeaderMatcher_ContainsMatch:
-		hm.m = stringMatcher{kind: smContains, s: s.ContainsMatch}
-	case *routev3.HeaderMatcher_SafeRegexMatch:
-		re, err := compileRegex(s.SafeRegexMatch.GetRegex())
-		if err != nil {
-			return hm, fmt.Errorf("header %q: %w", h.GetName(), err)
-		}
-		hm.m = stringMatcher{kind: smRegex, re: re}
-	case *routev3.HeaderMatcher_RangeMatch:
-		hm.m = stringMatcher{kind: smRange, lo: s.RangeMatch.GetStart(), hi: s.RangeMatch.GetEnd()}
-	case *routev3.HeaderMatcher_PresentMatch:
-		hm.m = stringMatcher{kind: smPresent}
-		hm.present = s.PresentMatch
-	case *routev3.HeaderMatcher_StringMatch:
-		sm, err := compileStringMatcher(s.StringMatch)
-		if err != nil {
-			return hm, fmt.Errorf("header %q: %w", h.GetName(), err)
-		}
-		hm.m = sm
-	case nil: // no specifier: presence
-		hm.m = stringMatcher{kind: smPresent}
-		hm.present = true
-	default:
-		return hm, fmt.Errorf("header %q: unsupported matcher %T", h.GetName(), s)
-	}
-	return hm, nil
 }
 
 func compileRouteAction(r *route, a *routev3.RouteAction, vhRetry *routev3.RetryPolicy) error {
@@ -773,7 +633,7 @@ func (r *route) matches(v *reqView) bool {
 		return false
 	}
 	for i := range r.headers {
-		if !r.headers[i].matches(v) {
+		if hm := &r.headers[i]; !hm.Match(headerValue(hm, v)) {
 			return false
 		}
 	}
@@ -792,7 +652,7 @@ func (r *route) matches(v *reqView) bool {
 				}
 				continue
 			}
-			if !ok || !q.m.match(vals[0]) {
+			if !ok || !q.m.Match(vals[0]) {
 				return false
 			}
 		}
@@ -812,8 +672,10 @@ func isGRPC(h http.Header) bool {
 	return strings.HasPrefix(ct, "application/grpc")
 }
 
-func (hm *headerMatch) value(v *reqView) (string, bool) {
-	switch hm.name {
+// headerValue is a route header matcher's view of the request: the
+// pseudo-headers from v, the others from its header map.
+func headerValue(hm *match.Header, v *reqView) (string, bool) {
+	switch hm.Name {
 	case ":authority":
 		return v.host, true
 	case ":path":
@@ -823,28 +685,7 @@ func (hm *headerMatch) value(v *reqView) (string, bool) {
 	case ":scheme":
 		return v.scheme, true
 	}
-	vals, ok := v.hdr[hm.name]
-	if !ok {
-		return "", false
-	}
-	if len(vals) == 1 {
-		return vals[0], true
-	}
-	return strings.Join(vals, ","), true
-}
-
-func (hm *headerMatch) matches(v *reqView) bool {
-	val, ok := hm.value(v)
-	if !ok && hm.missingIsEm {
-		val, ok = "", true
-	}
-	var res bool
-	if hm.m.kind == smPresent {
-		res = ok == hm.present
-	} else {
-		res = ok && hm.m.match(val)
-	}
-	return res != hm.invert
+	return match.Get(v.hdr, hm.Name)
 }
 
 // pickCluster resolves the upstream cluster for a forwarding route.
