@@ -155,14 +155,6 @@ func TestHTTP1Proxy(t *testing.T) {
 			}
 		})
 	}
-	t.Run("writer access log format", func(t *testing.T) {
-		var buf bytes.Buffer
-		NewWriterAccessLog(&buf).Log(&Entry{Start: time.Unix(0, 0), Method: "GET", Path: "/x", Protocol: "HTTP/1.1", Code: 503, Flags: "UF,URX", Authority: "svc.test", UpstreamHost: "127.0.0.1:1", Cluster: "c"})
-		want := `[1970-01-01T00:00:00.000Z] "GET /x HTTP/1.1" 503 UF,URX - 0 0 0 0 "-" "-" "-" "svc.test" "127.0.0.1:1" c -` + "\n"
-		if buf.String() != want {
-			t.Errorf("got  %q\nwant %q", buf.String(), want)
-		}
-	})
 }
 
 // Keep-alive: many sequential requests reuse one downstream and one

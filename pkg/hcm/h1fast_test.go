@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/meshlet/meshlet/pkg/accesslog"
 )
 
 // rawConn dials the proxy and returns the conn and a reader for responses.
@@ -485,7 +487,7 @@ func TestFastPathStreamReuse(t *testing.T) {
 	c, br := rawConn(t, p.addr)
 	n := 0
 	ids := map[string]bool{}
-	entry := func(path string, code int, flags string, recv int64) Entry {
+	entry := func(path string, code int, flags string, recv int64) accesslog.Entry {
 		t.Helper()
 		n++
 		e := p.log.last(t, n)

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/meshlet/meshlet/pkg/accesslog"
 	"github.com/meshlet/meshlet/pkg/sniff"
 )
 
@@ -70,24 +71,27 @@ func (s *staticRoutes) Route(string) *routev3.RouteConfiguration { return s.p.Lo
 // memLog collects access-log entries.
 type memLog struct {
 	mu sync.Mutex
-	e  []Entry
+	e  []accesslog.Entry
 }
 
-func (l *memLog) Log(e *Entry) {
+func (l *memLog) Log(e *accesslog.Entry) {
+	c := *e
+	// The header maps are the stream's, valid only during Log.
+	c.ReqHeaders, c.RespHeaders, c.RespTrailers = nil, nil, nil
 	l.mu.Lock()
-	l.e = append(l.e, *e)
+	l.e = append(l.e, c)
 	l.mu.Unlock()
 }
 
 // waitEntries waits until n entries are logged (handlers log after the
 // response is written, so a client can see the reply first).
-func (l *memLog) waitEntries(t *testing.T, n int) []Entry {
+func (l *memLog) waitEntries(t *testing.T, n int) []accesslog.Entry {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		l.mu.Lock()
 		if len(l.e) >= n {
-			out := append([]Entry(nil), l.e...)
+			out := append([]accesslog.Entry(nil), l.e...)
 			l.mu.Unlock()
 			return out
 		}
@@ -99,7 +103,7 @@ func (l *memLog) waitEntries(t *testing.T, n int) []Entry {
 	}
 }
 
-func (l *memLog) last(t *testing.T, n int) Entry {
+func (l *memLog) last(t *testing.T, n int) accesslog.Entry {
 	e := l.waitEntries(t, n)
 	return e[n-1]
 }

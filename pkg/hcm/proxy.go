@@ -2,10 +2,8 @@ package hcm
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -15,6 +13,9 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/meshlet/meshlet/internal/uuid"
+	"github.com/meshlet/meshlet/pkg/accesslog"
 )
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
@@ -32,7 +33,7 @@ type stream struct {
 	m     *Manager
 	w     http.ResponseWriter
 	r     *http.Request
-	e     Entry
+	e     accesslog.Entry
 	start time.Time
 	info  *connInfo
 	grpc  bool
@@ -176,6 +177,8 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.info = &connInfo{}
 	}
 	s.e.Start = s.start
+	s.e.ReqHeaders = r.Header
+	s.e.DownstreamLocal, s.e.DownstreamRemote = s.info.orig, s.info.remote
 	s.e.Method = r.Method
 	s.e.Protocol = r.Proto
 	s.e.Authority = r.Host
@@ -222,8 +225,9 @@ func (s *stream) finish() {
 	if s.body != nil {
 		s.e.BytesReceived = s.body.n.Load()
 	}
-	s.e.XFF = s.r.Header.Get("X-Forwarded-For")
-	s.e.UserAgent = s.r.Header.Get("User-Agent")
+	if s.wrote {
+		s.e.RespHeaders = s.w.Header()
+	}
 	s.m.alog.Log(&s.e)
 }
 
@@ -285,7 +289,7 @@ func (m *Manager) serve1(s *stream) {
 	s.e.Route = rt.name
 	rid := r.Header.Get("X-Request-Id")
 	if rid == "" && m.genRequestID {
-		rid = newUUID()
+		rid = uuid.New()
 		r.Header["X-Request-Id"] = s.one(hvRequestID, rid)
 	}
 	s.e.RequestID = rid
@@ -332,9 +336,9 @@ func (m *Manager) serve1(s *stream) {
 	if _, ok := r.Header["User-Agent"]; !ok {
 		r.Header["User-Agent"] = []string{""} // keep Go's transports from adding theirs
 	}
-	applyHeaderOps(r.Header, rt.reqAdd, rt.reqDel)
+	applyHeaderOps(r.Header, rt.reqAdd, rt.reqDel, &s.e)
 	if wc != nil && (len(wc.reqAdd) > 0 || len(wc.reqDel) > 0) {
-		applyHeaderOps(r.Header, wc.reqAdd, wc.reqDel)
+		applyHeaderOps(r.Header, wc.reqAdd, wc.reqDel, &s.e)
 	}
 	outHost := r.Host
 	switch {
@@ -436,6 +440,7 @@ func (m *Manager) serve1(s *stream) {
 		}
 		addr := cp.addrString(ep.Addr)
 		s.e.UpstreamHost = addr
+		s.e.Attempts = attempt + 1
 		out.URL.Host = addr
 		if rt.autoHost {
 			out.Host = addr
@@ -478,6 +483,7 @@ func (m *Manager) serve1(s *stream) {
 		resp.Body.Close()
 	}()
 	s.e.UpstreamTime = time.Since(upStart)
+	s.e.FirstByte = upStart.Sub(s.start) + s.e.UpstreamTime
 	s.touch()
 
 	h := s.w.Header()
@@ -485,7 +491,8 @@ func (m *Manager) serve1(s *stream) {
 		h[k] = vv
 	}
 	stripHopByHop(h, false)
-	applyHeaderOps(h, rt.respAdd, rt.respDel)
+	s.e.Code, s.e.RespHeaders = resp.StatusCode, h
+	applyHeaderOps(h, rt.respAdd, rt.respDel, &s.e)
 	if m.alwaysSetReqID && rid != "" {
 		h["X-Request-Id"] = s.one(hvRequestID, rid)
 	}
@@ -534,6 +541,9 @@ func (m *Manager) serve1(s *stream) {
 	}
 	for k, vv := range resp.Trailer {
 		h[http.TrailerPrefix+k] = vv
+	}
+	if len(resp.Trailer) > 0 && m.alog != nil {
+		s.e.RespTrailers = resp.Trailer.Clone() // the transport's map may be reused
 	}
 }
 
@@ -595,7 +605,7 @@ func (s *stream) local(code int, flag, details, body string) {
 	s.wrote = true
 	h := s.w.Header()
 	if s.rt != nil {
-		applyHeaderOps(h, s.rt.respAdd, s.rt.respDel)
+		applyHeaderOps(h, s.rt.respAdd, s.rt.respDel, &s.e)
 	}
 	if s.body != nil && !s.body.eof.Load() {
 		// We gave up on a request body mid-way: nothing more of it will be
@@ -609,7 +619,7 @@ func (s *stream) local(code int, flag, details, body string) {
 	}
 	if s.grpc {
 		h["Content-Type"] = []string{"application/grpc"}
-		gs := httpToGRPC(code)
+		gs := accesslog.HTTPToGRPC(code)
 		if flag == FlagUpstreamTimeout {
 			gs = 4 // DEADLINE_EXCEEDED: the client's own deadline and ours agree
 		}
@@ -638,7 +648,7 @@ func (s *stream) direct(d *direct) {
 	s.e.Details = "direct_response"
 	s.e.Code = d.status
 	h := s.w.Header()
-	applyHeaderOps(h, s.rt.respAdd, s.rt.respDel)
+	applyHeaderOps(h, s.rt.respAdd, s.rt.respDel, &s.e)
 	if len(d.body) > 0 {
 		if _, ok := h["Content-Type"]; !ok {
 			h["Content-Type"] = []string{"text/plain"}
@@ -689,9 +699,9 @@ func (s *stream) redirect(rd *redirect, host, path string) {
 		q = ""
 	}
 	h := s.w.Header()
-	applyHeaderOps(h, s.rt.respAdd, s.rt.respDel)
-	h["Location"] = []string{scheme + "://" + host + p + q}
 	s.e.Code = rd.code
+	applyHeaderOps(h, s.rt.respAdd, s.rt.respDel, &s.e)
+	h["Location"] = []string{scheme + "://" + host + p + q}
 	s.e.Details = "direct_response"
 	s.wrote = true
 	s.w.WriteHeader(rd.code)
@@ -831,29 +841,6 @@ func lowerASCII(s string) string {
 	return s
 }
 
-// newUUID returns a random version-4 UUID string.
-func newUUID() string {
-	var b [16]byte
-	u1, u2 := rand.Uint64(), rand.Uint64()
-	for i := range 8 {
-		b[i] = byte(u1 >> (8 * i))
-		b[8+i] = byte(u2 >> (8 * i))
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	var out [36]byte
-	hex.Encode(out[0:8], b[0:4])
-	out[8] = '-'
-	hex.Encode(out[9:13], b[4:6])
-	out[13] = '-'
-	hex.Encode(out[14:18], b[6:8])
-	out[18] = '-'
-	hex.Encode(out[19:23], b[8:10])
-	out[23] = '-'
-	hex.Encode(out[24:], b[10:])
-	return string(out[:])
-}
-
 // parseGRPCTimeout decodes a grpc-timeout header ("100m", "5S"): at most 8
 // digits and one unit.
 func parseGRPCTimeout(v string) (time.Duration, bool) {
@@ -888,21 +875,3 @@ func parseGRPCTimeout(v string) (time.Duration, bool) {
 	return d, true
 }
 
-// httpToGRPC maps a local reply's HTTP status to a gRPC status code the way
-// Envoy's Grpc::Utility::httpToGrpcStatus does.
-func httpToGRPC(code int) int {
-	switch code {
-	case 400:
-		return 13 // INTERNAL
-	case 401:
-		return 16 // UNAUTHENTICATED
-	case 403:
-		return 7 // PERMISSION_DENIED
-	case 404:
-		return 12 // UNIMPLEMENTED
-	case 429, 502, 503, 504:
-		return 14 // UNAVAILABLE
-	default:
-		return 2 // UNKNOWN
-	}
-}

@@ -14,6 +14,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
 	"github.com/meshlet/meshlet/internal/weyl"
+	"github.com/meshlet/meshlet/pkg/accesslog"
 	"github.com/meshlet/meshlet/pkg/match"
 )
 
@@ -141,6 +142,7 @@ const (
 type headerOp struct {
 	key       string // canonical MIME key
 	value     string
+	fmt       *accesslog.Format // a value with command operators, else nil
 	action    appendAction
 	keepEmpty bool
 }
@@ -251,7 +253,16 @@ func compileHeaderOps(in []*corev3.HeaderValueOption) ([]headerOp, error) {
 		if v == "" && len(h.GetRawValue()) > 0 {
 			v = string(h.GetRawValue())
 		}
-		op := headerOp{key: http.CanonicalHeaderKey(h.GetKey()), value: v, keepEmpty: o.GetKeepEmptyValue()}
+		f, err := accesslog.ParseHeaderValue(v)
+		if err != nil {
+			return nil, fmt.Errorf("header %q: %w", h.GetKey(), err)
+		}
+		op := headerOp{key: http.CanonicalHeaderKey(h.GetKey()), keepEmpty: o.GetKeepEmptyValue()}
+		if lit, ok := f.Literal(); ok {
+			op.value = lit
+		} else {
+			op.fmt = f
+		}
 		switch {
 		case o.GetAppend() != nil: // deprecated field wins when set, as in Envoy
 			if o.GetAppend().GetValue() {
@@ -267,27 +278,33 @@ func compileHeaderOps(in []*corev3.HeaderValueOption) ([]headerOp, error) {
 	return out, nil
 }
 
-func applyHeaderOps(h http.Header, ops []headerOp, del []string) {
+// applyHeaderOps removes the del headers from h, then applies ops; values
+// with command operators are formatted from e (the stream so far).
+func applyHeaderOps(h http.Header, ops []headerOp, del []string, e *accesslog.Entry) {
 	for _, k := range del {
 		delete(h, k)
 	}
 	for i := range ops {
 		op := &ops[i]
-		if op.value == "" && !op.keepEmpty {
+		v := op.value
+		if op.fmt != nil {
+			v = op.fmt.String(e)
+		}
+		if v == "" && !op.keepEmpty {
 			continue
 		}
 		switch op.action {
 		case appendOrAdd:
-			h[op.key] = append(h[op.key], op.value)
+			h[op.key] = append(h[op.key], v)
 		case addIfAbsent:
 			if _, ok := h[op.key]; !ok {
-				h[op.key] = []string{op.value}
+				h[op.key] = []string{v}
 			}
 		case overwriteOrAdd:
-			h[op.key] = []string{op.value}
+			h[op.key] = []string{v}
 		case overwriteIfExists:
 			if _, ok := h[op.key]; ok {
-				h[op.key] = []string{op.value}
+				h[op.key] = []string{v}
 			}
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"sync"
 	"testing"
+
+	"github.com/meshlet/meshlet/pkg/accesslog"
 )
 
 func compileT(t *testing.T, js string) *routeTable {
@@ -263,7 +265,7 @@ func TestHeaderOpsOrder(t *testing.T) {
 	      ]}]}]}`)
 	r := rt.match(view("h", "/", nil))
 	h := http.Header{"X-Multi": {"a"}, "X-Present": {"old"}, "X-Secret": {"s"}}
-	applyHeaderOps(h, r.reqAdd, r.reqDel)
+	applyHeaderOps(h, r.reqAdd, r.reqDel, &accesslog.Entry{})
 	want := map[string][]string{
 		"X-Level": {"config"}, "X-Vh": {"1"}, "X-Multi": {"a", "b"}, "X-Absent": {"new"}, "X-Present": {"old"},
 	}

@@ -27,6 +27,7 @@ func (s *stream) proxyUpgrade(cluster, host, path string, idle time.Duration) {
 	}
 	addr := ep.Addr.String()
 	s.e.UpstreamHost = addr
+	s.e.Attempts = 1
 	if s.rt.autoHost {
 		host = addr
 	}
@@ -58,8 +59,8 @@ func (s *stream) proxyUpgrade(cluster, host, path string, idle time.Duration) {
 	for k, vv := range resp.Header {
 		h[k] = vv
 	}
-	applyHeaderOps(h, s.rt.respAdd, s.rt.respDel)
-	s.e.Code = resp.StatusCode
+	s.e.Code, s.e.RespHeaders = resp.StatusCode, h
+	applyHeaderOps(h, s.rt.respAdd, s.rt.respDel, &s.e)
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		stripHopByHop(h, false)
 		s.wrote = true

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshlet/meshlet/pkg/accesslog"
 	"github.com/meshlet/meshlet/pkg/hcm"
 	"github.com/meshlet/meshlet/pkg/sniff"
 	"github.com/meshlet/meshlet/pkg/state"
@@ -43,7 +44,7 @@ func newL7(p *Proxy) *l7 {
 	}
 	var alog hcm.AccessLogger
 	if p.opts.AccessLog != nil {
-		alog = hcm.ZapAccessLog{L: p.opts.AccessLog}
+		alog = accesslog.Zap{L: p.opts.AccessLog}
 	}
 	return &l7{
 		p:        p,

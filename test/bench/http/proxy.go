@@ -20,6 +20,7 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/meshlet/meshlet/pkg/accesslog"
 	"github.com/meshlet/meshlet/pkg/hcm"
 	"github.com/meshlet/meshlet/pkg/sniff"
 )
@@ -79,7 +80,17 @@ func runProxy(args []string) error {
 	defer pools.Close()
 	opts := hcm.Options{Pools: pools, Log: log}
 	if *accessLog {
-		opts.AccessLog = hcm.NewWriterAccessLog(os.Stderr)
+		files := accesslog.NewFiles(log)
+		defer files.Close()
+		f, err := accesslog.ParseText(accesslog.DefaultFormat)
+		if err != nil {
+			return err
+		}
+		al, err := files.Bind([]*accesslog.Log{{Name: "stderr", Path: accesslog.Stderr, Format: f}})
+		if err != nil {
+			return err
+		}
+		opts.AccessLog = al
 	}
 	m, err := hcm.New(&cfg, nil, benchUpstreams{
 		http1: hcm.Endpoint{Addr: up1, Protocol: hcm.UpstreamHTTP1},
