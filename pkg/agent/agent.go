@@ -21,6 +21,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
+	"github.com/meshlet/meshlet/pkg/accesslog"
 	"github.com/meshlet/meshlet/pkg/admin"
 	"github.com/meshlet/meshlet/pkg/config"
 	"github.com/meshlet/meshlet/pkg/proxy"
@@ -48,6 +49,8 @@ type Agent struct {
 	// xDS client starts fetching before (the BPF load and the first
 	// responses overlap), and its first apply waits for it.
 	dataReady chan struct{}
+	// alogs holds the access-log files the xDS config names.
+	alogs *accesslog.Files
 }
 
 // Mode says how traffic reaches the proxy and why.
@@ -105,6 +108,14 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			return fmt.Errorf("config rejected: %w", err)
 		}
 	}
+	// Access-log files outlive the proxy's last connection: closed (and
+	// flushed) last.
+	a.alogs = accesslog.NewFiles(a.log.Named("accesslog"))
+	defer func() {
+		if cerr := a.alogs.Close(); cerr != nil {
+			a.log.Warn("closing access logs", zap.Error(cerr))
+		}
+	}()
 	a.proxyAddr = a.cfg.ProxyAddr()
 	lis, err := net.Listen("tcp4", a.proxyAddr.String())
 	if err != nil {
@@ -313,7 +324,7 @@ func (a *Agent) applySet(ctx context.Context, set *resources.Set) error {
 		return fmt.Errorf("not applied: %w", ctx.Err())
 	}
 	t0 := time.Now()
-	snap, err := state.Build(set, state.Options{ReservedPorts: a.reservedPorts(), Previous: a.proxy.Snapshot()})
+	snap, err := state.Build(set, state.Options{ReservedPorts: a.reservedPorts(), Previous: a.proxy.Snapshot(), AccessLogFiles: a.alogs})
 	if err != nil {
 		return err
 	}

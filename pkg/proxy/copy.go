@@ -38,6 +38,8 @@ type relay struct {
 	counter  *atomic.Uint64
 	lastRead *atomic.Int64
 	fwd      Forwarding
+	// total is what this relay copied, read once run has returned.
+	total int64
 }
 
 // maxRelayedUpdates bounds the map updates spent on a direction whose
@@ -85,6 +87,7 @@ func (r *relay) run() error {
 				return werr
 			}
 			r.counter.Add(uint64(n))
+			r.total += int64(n)
 			if r.fwd != nil {
 				relayed += uint64(n)
 				updates++

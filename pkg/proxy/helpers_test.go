@@ -317,6 +317,12 @@ func h2Cluster(name string, eps ...netip.AddrPort) M {
 // snapshot builds a runtime snapshot from listeners and clusters.
 func snapshot(t testing.TB, listeners []M, clusters []M) *state.Snapshot {
 	t.Helper()
+	return snapshotWith(t, listeners, clusters, state.Options{})
+}
+
+// snapshotWith is snapshot with build options.
+func snapshotWith(t testing.TB, listeners []M, clusters []M, opts state.Options) *state.Snapshot {
+	t.Helper()
 	if listeners == nil {
 		listeners = []M{}
 	}
@@ -331,7 +337,7 @@ func snapshot(t testing.TB, listeners []M, clusters []M) *state.Snapshot {
 	if err != nil {
 		t.Fatalf("decode resources %s: %v", js, err)
 	}
-	s, err := state.Build(set, state.Options{})
+	s, err := state.Build(set, opts)
 	if err != nil {
 		t.Fatalf("build snapshot: %v", err)
 	}

@@ -81,7 +81,7 @@ func (l *l7) manager(h *state.HTTP) (*hcm.Manager, error) {
 		return m, nil
 	}
 	m, err = hcm.New(h.Config, routeSource{l.p}, upstreams{l.p}, hcm.Options{
-		Pools: l.pools, Log: l.p.log.Named("hcm"), AccessLog: l.alog,
+		Pools: l.pools, Log: l.p.log.Named("hcm"), AccessLog: bothLogs(l.alog, h.AccessLog),
 	})
 	if err != nil {
 		return nil, err
@@ -191,4 +191,24 @@ func (u upstreams) Pick(ctx context.Context, cluster string, orig netip.AddrPort
 		proto = hcm.UseDownstreamProtocol
 	}
 	return hcm.Endpoint{Addr: ep.Addr, Protocol: proto}, nil
+}
+
+// bothLogs is the agent's own access log (proxy.access_log) and the HCM's
+// (xDS access_log); either may be absent.
+func bothLogs(agent hcm.AccessLogger, xds *accesslog.Logger) hcm.AccessLogger {
+	switch {
+	case xds == nil:
+		return agent
+	case agent == nil:
+		return xds
+	}
+	return multiLog{agent, xds}
+}
+
+type multiLog []hcm.AccessLogger
+
+func (m multiLog) Log(e *accesslog.Entry) {
+	for _, l := range m {
+		l.Log(e)
+	}
 }

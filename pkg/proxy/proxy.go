@@ -14,6 +14,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/meshlet/meshlet/pkg/accesslog"
+	"github.com/meshlet/meshlet/pkg/hcm"
 	"github.com/meshlet/meshlet/pkg/sniff"
 	"github.com/meshlet/meshlet/pkg/state"
 )
@@ -230,6 +232,11 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 	if chain == nil {
 		p.stats.NoListener.Add(1)
 		p.log.Info("no filter chain matched", zap.String("listener", l.Name), zap.Stringer("dst", dst))
+		if l.AccessLog != nil {
+			// Envoy logs such connections with the listener's access log, flagged NR.
+			l.AccessLog.Log(&accesslog.Entry{Type: accesslog.TCPConnectionEnd, Start: time.Now(), Flags: "NR",
+				DownstreamLocal: dst, DownstreamRemote: src})
+		}
 		return
 	}
 	switch {
@@ -268,14 +275,14 @@ func (p *Proxy) DialUpstream(ctx context.Context, snap *state.Snapshot, cluster 
 	cl := snap.Clusters[cluster]
 	if cl == nil && p.opts.OnDemand != nil {
 		if err := p.fetchCluster(ctx, cluster); err != nil {
-			return nil, nil, fmt.Errorf("cluster %q not found, and asking for it failed: %w", cluster, err)
+			return nil, nil, fmt.Errorf("cluster %q: %w, and asking for it failed: %w", cluster, hcm.ErrNoCluster, err)
 		}
 		if s := p.snap.Load(); s != nil {
 			cl = s.Clusters[cluster]
 		}
 	}
 	if cl == nil {
-		return nil, nil, fmt.Errorf("cluster %q not found", cluster)
+		return nil, nil, fmt.Errorf("cluster %q: %w", cluster, hcm.ErrNoCluster)
 	}
 	ep, err := cl.Pick(dst)
 	if err != nil {
@@ -294,8 +301,26 @@ func (p *Proxy) DialUpstream(ctx context.Context, snap *state.Snapshot, cluster 
 
 func (p *Proxy) serveTCP(ctx context.Context, c net.Conn, snap *state.Snapshot, t *state.TCPProxy, src, dst netip.AddrPort, captured bool) {
 	cluster := t.PickCluster()
+	var e accesslog.Entry
+	if t.AccessLog != nil {
+		e = accesslog.Entry{Type: accesslog.TCPConnectionEnd, Start: time.Now(), Cluster: cluster,
+			DownstreamLocal: dst, DownstreamRemote: src}
+		defer func() {
+			e.Duration = time.Since(e.Start)
+			t.AccessLog.Log(&e)
+		}()
+	}
 	up, ep, err := p.DialUpstream(ctx, snap, cluster, dst)
 	if err != nil {
+		switch {
+		case errors.Is(err, hcm.ErrNoCluster):
+			e.Flags = "NC"
+		case errors.Is(err, state.ErrNoHealthyEndpoint):
+			e.Flags = "UH"
+		default:
+			e.Flags = "UF"
+			e.UpstreamFailure = err.Error()
+		}
 		p.stats.UpstreamFail.Add(1)
 		p.log.Warn("upstream connect failed", zap.Stringer("src", src), zap.Stringer("dst", dst),
 			zap.String("cluster", cluster), zap.Error(err))
@@ -304,6 +329,7 @@ func (p *Proxy) serveTCP(ctx context.Context, c net.Conn, snap *state.Snapshot, 
 	ep.Active.Add(1)
 	defer ep.Active.Add(-1)
 	defer up.Close()
+	e.UpstreamHost, e.Attempts = ep.Addr.String(), 1
 	p.log.Debug("proxying", zap.Stringer("src", src), zap.Stringer("dst", dst),
 		zap.String("cluster", cluster), zap.Stringer("upstream", ep.Addr))
 
@@ -339,6 +365,9 @@ func (p *Proxy) serveTCP(ctx context.Context, c net.Conn, snap *state.Snapshot, 
 			up.Close()
 		}
 	}
+	// Both relays are done (received from errc): their counts are final.
+	// Bytes the kernel forwarded (kernel forwarding) are not among them.
+	e.BytesReceived, e.BytesSent = upward.total, downward.total
 }
 
 // forward sets kernel forwarding up for both directions of a captured

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/meshlet/meshlet/internal/par"
 	"github.com/meshlet/meshlet/internal/weyl"
+	"github.com/meshlet/meshlet/pkg/accesslog"
 	"github.com/meshlet/meshlet/pkg/resources"
 )
 
@@ -57,10 +59,13 @@ type Snapshot struct {
 
 // Listener is a listener reduced to what dispatch needs.
 type Listener struct {
-	Name    string
-	Addr    netip.AddrPort
-	Chains  []*FilterChain
-	Default *FilterChain
+	Name string
+	Addr netip.AddrPort
+	// AccessLog is the listener's access_log: connections no filter chain
+	// accepts (nil: none).
+	AccessLog *accesslog.Logger
+	Chains    []*FilterChain
+	Default   *FilterChain
 	// Sniff is true when some chain matches on transport or application
 	// protocol, so the proxy must look at the first bytes before choosing.
 	Sniff bool
@@ -90,6 +95,7 @@ type TCPProxy struct {
 	Cluster     string
 	Weighted    []WeightedCluster
 	IdleTimeout time.Duration
+	AccessLog   *accesslog.Logger // nil: none
 
 	total uint64   // sum of the weights
 	picks weyl.Seq // spreads the weighted picks (PickCluster)
@@ -128,6 +134,7 @@ type HTTP struct {
 	Config    *hcmv3.HttpConnectionManager
 	RouteName string
 	Inline    *routev3.RouteConfiguration
+	AccessLog *accesslog.Logger // the HCM's access_log (nil: none)
 }
 
 // Options constrain Build.
@@ -135,6 +142,9 @@ type Options struct {
 	// ReservedPorts are the agent's own ports (proxy, admin): a listener
 	// asking to capture one of them is refused.
 	ReservedPorts []uint16
+	// AccessLogFiles opens the files of the access_log lists; nil leaves
+	// them validated but unbound (nothing is logged).
+	AccessLogFiles *accesslog.Files
 	// Previous, when set, is the snapshot in force: clusters and listeners
 	// whose resources are the very same messages as the ones it was built
 	// from (pointer equality, as the xDS client keeps unchanged resources)
@@ -165,6 +175,7 @@ const (
 // builtListener is a translated listener and what it was translated from.
 type builtListener struct {
 	src    *listenerv3.Listener
+	files  *accesslog.Files
 	lis    *Listener
 	issues []Issue
 	place  placement
@@ -227,7 +238,7 @@ func Build(set *resources.Set, opts Options) (*Snapshot, error) {
 		l := set.Listeners[lnames[i]]
 		b := prevListeners[lnames[i]]
 		if b == nil || b.src != l {
-			b, lerrs[i] = buildListener(l)
+			b, lerrs[i] = buildListener(l, opts.AccessLogFiles)
 		}
 		lbuilt[i] = b
 	})
@@ -260,8 +271,8 @@ func (b *builtListener) issue(format string, args ...any) {
 
 // buildListener translates one listener; it does not depend on the rest of
 // the set, so its result can be reused while the message is unchanged.
-func buildListener(l *listenerv3.Listener) (*builtListener, error) {
-	b := &builtListener{src: l}
+func buildListener(l *listenerv3.Listener, files *accesslog.Files) (*builtListener, error) {
+	b := &builtListener{src: l, files: files}
 	name := l.GetName()
 	if l.GetAddress() == nil {
 		if l.GetInternalListener() == nil && l.GetApiListener() == nil {
@@ -290,6 +301,9 @@ func buildListener(l *listenerv3.Listener) (*builtListener, error) {
 	}
 	port := uint16(pv.PortValue)
 	lis := &Listener{Name: name, Addr: netip.AddrPortFrom(ip, port)}
+	if lis.AccessLog, err = b.accessLog(l.GetAccessLog()); err != nil {
+		return nil, fmt.Errorf("access_log: %w", err)
+	}
 	b.lis = lis
 	for i, fc := range l.GetFilterChains() {
 		c, err := b.buildChain(fc, i)
@@ -375,6 +389,19 @@ func (s *Snapshot) place(b *builtListener, opts Options) error {
 	return nil
 }
 
+// accessLog compiles (and, with AccessLogFiles, binds) an access_log list;
+// loggers and filters it does not implement become issues.
+func (b *builtListener) accessLog(als []*accesslogv3.AccessLog) (*accesslog.Logger, error) {
+	if len(als) == 0 {
+		return nil, nil
+	}
+	logs, err := accesslog.Compile(als, func(s string) { b.issue("%s", s) })
+	if err != nil || b.files == nil {
+		return nil, err
+	}
+	return b.files.Bind(logs)
+}
+
 func (b *builtListener) buildChain(fc *listenerv3.FilterChain, idx int) (*FilterChain, error) {
 	cname := fc.GetName()
 	if cname == "" {
@@ -437,6 +464,10 @@ func (b *builtListener) buildChain(fc *listenerv3.FilterChain, idx int) (*Filter
 			} else {
 				t.IdleTimeout = time.Hour // Envoy's default
 			}
+			var err error
+			if t.AccessLog, err = b.accessLog(tp.GetAccessLog()); err != nil {
+				return nil, fmt.Errorf("filter chain %s: tcp_proxy access_log: %w", cname, err)
+			}
 			c.TCP = t
 		case "envoy.filters.network.http_connection_manager", "envoy.http_connection_manager":
 			var h hcmv3.HttpConnectionManager
@@ -444,6 +475,10 @@ func (b *builtListener) buildChain(fc *listenerv3.FilterChain, idx int) (*Filter
 				return nil, fmt.Errorf("filter chain %s: http_connection_manager: %w", cname, err)
 			}
 			hh := &HTTP{Config: &h}
+			var err error
+			if hh.AccessLog, err = b.accessLog(h.GetAccessLog()); err != nil {
+				return nil, fmt.Errorf("filter chain %s: http_connection_manager access_log: %w", cname, err)
+			}
 			switch {
 			case h.GetRds() != nil:
 				hh.RouteName = h.GetRds().GetRouteConfigName()
