@@ -92,6 +92,15 @@ func TestRequestAndResponseTrailers(t *testing.T) {
 			if got := resp.Trailer.Get("X-Resp-Sum"); got != "resp-abc123" {
 				t.Errorf("client saw response trailer X-Resp-Sum=%q, want resp-abc123 (trailers %v)", got, resp.Trailer)
 			}
+			// The access log reads the forwarded request's headers, the
+			// response headers sent and the trailers.
+			e := p.log.last(t, 1)
+			p.log.mu.Lock()
+			line := p.log.lines[0]
+			p.log.mu.Unlock()
+			if want := "svc.test " + e.RequestID + " " + tc.wantProto + " resp-abc123 1 " + p.addr; e.RequestID == "" || line != want {
+				t.Errorf("access log %q, want %q", line, want)
+			}
 		})
 	}
 }

@@ -70,16 +70,29 @@ func (s *staticRoutes) Route(string) *routev3.RouteConfiguration { return s.p.Lo
 
 // memLog collects access-log entries.
 type memLog struct {
-	mu sync.Mutex
-	e  []accesslog.Entry
+	mu    sync.Mutex
+	e     []accesslog.Entry
+	lines []string // memLogFormat of each entry
 }
 
+// memLogFormat renders, per entry, what only the header maps give (they
+// are valid during Log alone): memLog.lines.
+var memLogFormat = func() *accesslog.Format {
+	f, err := accesslog.ParseText("%REQ(:AUTHORITY)% %REQ(X-REQUEST-ID)% %RESP(X-GOT-PROTO)% %TRAILER(X-RESP-SUM)% %UPSTREAM_REQUEST_ATTEMPT_COUNT% %DOWNSTREAM_LOCAL_ADDRESS%")
+	if err != nil {
+		panic(err)
+	}
+	return f
+}()
+
 func (l *memLog) Log(e *accesslog.Entry) {
+	line := string(memLogFormat.Append(nil, e))
 	c := *e
 	// The header maps are the stream's, valid only during Log.
 	c.ReqHeaders, c.RespHeaders, c.RespTrailers = nil, nil, nil
 	l.mu.Lock()
 	l.e = append(l.e, c)
+	l.lines = append(l.lines, line)
 	l.mu.Unlock()
 }
 

@@ -874,4 +874,3 @@ func parseGRPCTimeout(v string) (time.Duration, bool) {
 	}
 	return d, true
 }
-

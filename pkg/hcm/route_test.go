@@ -289,6 +289,10 @@ func TestCompileErrors(t *testing.T) {
 		"zero weights":  `{"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [{"name": "a", "weight": 0}]}}}]}]}`,
 		"pseudo header": `{"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c"}, "request_headers_to_add": [{"header": {"key": ":path", "value": "/x"}}]}]}]}`,
 		"no action":     `{"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}}]}]}`,
+		// Header values are format strings: a lone % or an unknown
+		// command operator is rejected, as by Envoy.
+		"unknown operator": `{"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c"}, "request_headers_to_add": [{"header": {"key": "x", "value": "%NOPE%"}}]}]}]}`,
+		"lone percent":     `{"response_headers_to_add": [{"header": {"key": "x", "value": "50% off"}}], "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]}]}`,
 	} {
 		if _, err := compileRoutes(mustRC(t, js)); err == nil {
 			t.Errorf("%s: compiled without error", name)
