@@ -181,6 +181,9 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.e.DownstreamLocal, s.e.DownstreamRemote = s.info.orig, s.info.remote
 	s.e.Method = r.Method
 	s.e.Protocol = r.Proto
+	if r.ProtoMajor == 2 {
+		s.e.Protocol = "HTTP/2" // as Envoy's %PROTOCOL%
+	}
 	s.e.Authority = r.Host
 	s.e.Path = r.RequestURI
 	s.grpc = isGRPC(r.Header)
@@ -491,7 +494,7 @@ func (m *Manager) serve1(s *stream) {
 		h[k] = vv
 	}
 	stripHopByHop(h, false)
-	s.e.Code, s.e.RespHeaders = resp.StatusCode, h
+	s.e.Code, s.e.RespHeaders, s.e.Details = resp.StatusCode, h, "via_upstream"
 	applyHeaderOps(h, rt.respAdd, rt.respDel, &s.e)
 	if m.alwaysSetReqID && rid != "" {
 		h["X-Request-Id"] = s.one(hvRequestID, rid)

@@ -59,7 +59,7 @@ func (s *stream) proxyUpgrade(cluster, host, path string, idle time.Duration) {
 	for k, vv := range resp.Header {
 		h[k] = vv
 	}
-	s.e.Code, s.e.RespHeaders = resp.StatusCode, h
+	s.e.Code, s.e.RespHeaders, s.e.Details = resp.StatusCode, h, "via_upstream"
 	applyHeaderOps(h, s.rt.respAdd, s.rt.respDel, &s.e)
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		stripHopByHop(h, false)

@@ -22,6 +22,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshlet/meshlet/internal/privtest"
 )
 
 // The L7 data plane through the real agent: unmodified clients (curl, wrk,
@@ -47,6 +49,13 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: http
+          access_log:
+          - name: envoy.access_loggers.file
+            filter: {header_filter: {header: {name: x-log, present_match: true}}}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: /dev/stdout
+              log_format: {text_format: "ACCESS \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %UPSTREAM_CLUSTER% %DOWNSTREAM_LOCAL_ADDRESS% %REQ(X-MESH-REQUEST)%\n"}
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
@@ -352,6 +361,22 @@ func TestL7Routing(t *testing.T) {
 		t.Errorf("split: a answered %d of %d (%.2f %%), want 80 %% ± 1 %%", rep.By["a"], n, 100*float64(rep.By["a"])/n)
 	}
 	t.Logf("split over %d requests on %d connections: a %d (%.2f %%), b %d", n, rep.Conns, rep.By["a"], 100*float64(rep.By["a"])/n, rep.By["b"])
+
+	// The HCM's access_log (xDS): requests with x-log get an Envoy-format
+	// line on the agent's stdout, others none (header_filter).
+	curl("-H", "x-log: 1", "http://"+l7HTTPVIP+"/api/v4/items/5")
+	curl("-H", "x-log: 1", "--http2-prior-knowledge", "http://"+l7HTTPVIP+"/api/v4/items/6")
+	want := []string{
+		`ACCESS "GET /api/v4/items/5 HTTP/1.1" 200 - via_upstream api ` + l7HTTPVIP + " added-by-vhost\n",
+		`ACCESS "GET /api/v4/items/6 HTTP/2" 200 - via_upstream api ` + l7HTTPVIP + " added-by-vhost\n",
+	}
+	privtest.WaitFor(t, 15*time.Second, "access log lines on the agent's stdout", func() bool {
+		out := m.log.String()
+		return strings.Contains(out, want[0]) && strings.Contains(out, want[1])
+	})
+	if n := strings.Count(m.log.String(), "ACCESS \""); n != 2 {
+		t.Errorf("%d access log lines, want 2 (only requests with x-log)", n)
+	}
 }
 
 // Malformed and oversized requests through the agent get Envoy's replies,
