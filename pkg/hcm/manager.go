@@ -70,6 +70,7 @@ type Manager struct {
 	upgrades         map[string]bool // lower-case upgrade types enabled
 	serverName       string
 	stripAnyHostPort bool
+	paths            pathPolicy
 
 	h1     *http.Server
 	h2     *http2.Server
@@ -156,6 +157,7 @@ func New(cfg *hcmv3.HttpConnectionManager, routes RouteSource, up Upstreams, opt
 	m.alwaysSetReqID = cfg.GetAlwaysSetRequestIdInResponse()
 	m.serverName = cfg.GetServerName()
 	m.stripAnyHostPort = cfg.GetStripAnyHostPort()
+	m.paths = pathPolicy{escaped: cfg.GetPathWithEscapedSlashesAction(), normalize: cfg.GetNormalizePath().GetValue(), merge: cfg.GetMergeSlashes()}
 	for _, u := range cfg.GetUpgradeConfigs() {
 		if u.GetEnabled() == nil || u.GetEnabled().GetValue() {
 			m.upgrades[strings.ToLower(u.GetUpgradeType())] = true

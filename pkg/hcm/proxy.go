@@ -272,6 +272,23 @@ func (m *Manager) serve1(s *stream) {
 	if !strings.HasPrefix(path, "/") && path != "*" {
 		path = r.URL.RequestURI() // absolute-form request target
 	}
+	if m.paths.active() {
+		np, verdict := m.paths.apply(path)
+		switch verdict {
+		case pathReject:
+			s.local(http.StatusBadRequest, "", "path_normalization_failed", "Bad Request")
+			return
+		case pathRedirect:
+			// UNESCAPE_AND_REDIRECT: the client asks again for the
+			// unescaped path.
+			s.e.Code, s.e.Details, s.wrote = http.StatusTemporaryRedirect, "path_normalization_redirect", true
+			s.w.Header()["Location"] = []string{np}
+			s.w.WriteHeader(http.StatusTemporaryRedirect)
+			return
+		}
+		path = np
+		s.e.Path = np // the :path routed and forwarded, as Envoy logs it
+	}
 	t, err := m.table()
 	if err != nil {
 		m.log.Warn("route configuration rejected", zap.String("route_config", m.rdsName), zap.Error(err))
