@@ -509,6 +509,7 @@ type reqCancel struct {
 	mu     sync.Mutex
 	conn   net.Conn // upstream connection in use, nil when none
 	fired  bool
+	cutUp  bool // the connection in use was cut (per-try timeout)
 }
 
 // fire cancels the request with cause.
@@ -527,20 +528,39 @@ func (rc *reqCancel) fire(cause error) {
 func (rc *reqCancel) watch(c net.Conn) bool {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	if rc.fired {
+	if rc.fired || rc.cutUp {
 		return false
 	}
 	rc.conn = c
 	return true
 }
 
+// cut fails the I/O of the upstream connection in use without cancelling
+// the request (an attempt's per-try timeout; the stream may retry).
+func (rc *reqCancel) cut() {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.cutUp = true // also fails a connection watched later in the attempt
+	if rc.conn != nil {
+		_ = rc.conn.SetDeadline(aLongTimeAgo)
+	}
+}
+
+// arm starts an attempt that cut may end.
+func (rc *reqCancel) arm() {
+	rc.mu.Lock()
+	rc.cutUp = false
+	rc.mu.Unlock()
+}
+
 // stop unregisters the connection and reports whether the request was
-// not cancelled through fire meanwhile (the connection is unharmed).
+// not cancelled through fire, nor the connection cut, meanwhile (the
+// connection is unharmed).
 func (rc *reqCancel) stop() bool {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	rc.conn = nil
-	return !rc.fired
+	return !rc.fired && !rc.cutUp
 }
 
 // deferTimer leaves the arming of s's timer to the watch timer when its

@@ -1,10 +1,12 @@
 package hcm
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -397,7 +399,7 @@ func (m *Manager) serve1(s *stream) {
 	}
 	var body io.ReadCloser = http.NoBody
 	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
-		s.body = &reqBody{rc: r.Body, s: s, limit: m.maxBodyBytes}
+		s.body = &reqBody{rc: r.Body, s: s, limit: m.maxBodyBytes, record: rt.retry != nil}
 		body = s.body
 		if m.requestTimeout > 0 {
 			s.reqT = time.AfterFunc(m.requestTimeout, func() {
@@ -445,10 +447,15 @@ func (m *Manager) serve1(s *stream) {
 	}
 	out := &s.out
 	cp := m.pools.cluster(cluster)
-	var resp *http.Response
-	var upStart time.Time
+	rp := rt.retry
+	var (
+		resp     *http.Response
+		upStart  time.Time
+		tried    []netip.AddrPort // hosts of earlier attempts (previous_hosts)
+		ptCancel context.CancelCauseFunc
+	)
 	for attempt := 0; ; attempt++ {
-		ep, err := m.up.Pick(s.ctx, cluster, s.info.orig)
+		ep, err := s.pickHost(cluster, rp, tried)
 		if err != nil {
 			switch {
 			case errors.Is(err, ErrNoCluster):
@@ -458,6 +465,9 @@ func (m *Manager) serve1(s *stream) {
 			}
 			return
 		}
+		if rp != nil && rp.otherHosts {
+			tried = append(tried, ep.Addr)
+		}
 		addr := cp.addrString(ep.Addr)
 		s.e.UpstreamHost = addr
 		s.e.Attempts = attempt + 1
@@ -465,31 +475,88 @@ func (m *Manager) serve1(s *stream) {
 		if rt.autoHost {
 			out.Host = addr
 		}
+		if attempt > 0 && s.body != nil {
+			// A retry sends the request body kept while the first attempt
+			// read it (canReplay).
+			out.Body, out.ContentLength = http.NoBody, 0
+			if len(s.body.rec) > 0 {
+				out.Body, out.ContentLength = io.NopCloser(bytes.NewReader(s.body.rec)), int64(len(s.body.rec))
+			}
+		}
+		if rt.attemptsUp {
+			r.Header["X-Envoy-Attempt-Count"] = []string{strconv.Itoa(attempt + 1)}
+		}
 		useH2 := ep.Protocol == UpstreamHTTP2 || (ep.Protocol == UseDownstreamProtocol && r.ProtoMajor == 2)
 		client := clientFor(out, useH2)
 		if client != clientFast {
 			s.viaTransport = true
 		}
+		ctx := s.ctx
+		var pt *perTry
+		if rp != nil && rp.perTry > 0 {
+			ctx, pt = s.startPerTry(rp.perTry, client == clientFast && s.rc != nil)
+			ptCancel = pt.cancel
+		}
 		upStart = time.Now()
-		resp, err = cp.roundTrip(s.ctx, out, client, s.rc)
-		if err == nil && s.ctx.Err() != nil {
-			// A response that raced with our own timeout or the client
-			// leaving: the stream is already cut.
+		resp, err = cp.roundTrip(ctx, out, client, s.rc)
+		timedOut := pt != nil && pt.finish()
+		if err == nil && (s.ctx.Err() != nil || timedOut) {
+			// A response that raced with our own timeout, the client
+			// leaving or the per-try timeout: this attempt is cut.
 			resp.Body.Close()
 			resp, err = nil, context.Cause(s.ctx)
+			if timedOut {
+				err = errPerTryTimeout
+			}
 		}
 		if err == nil {
-			break
-		}
-		var de *dialError
-		if errors.As(err, &de) && attempt < rt.retries && s.body == nil && s.ctx.Err() == nil {
+			if rp == nil || !rp.retriableResponse(resp) {
+				break
+			}
+			if attempt >= rp.n || !s.canReplay() || s.ctx.Err() != nil {
+				if attempt >= rp.n {
+					s.addFlag(FlagRetryLimitExceeded)
+				}
+				break // the last answer goes downstream as it is
+			}
+			discard(resp)
+			if ptCancel != nil {
+				ptCancel(context.Canceled)
+				ptCancel = nil
+			}
+			if !s.sleep(rp.backoff(attempt + 1)) {
+				s.upstreamFailed(context.Cause(s.ctx), false)
+				return
+			}
 			continue
 		}
-		if errors.As(err, &de) && attempt > 0 {
-			s.addFlag(FlagRetryLimitExceeded)
+		if ptCancel != nil {
+			ptCancel(context.Canceled)
+			ptCancel = nil
+		}
+		var de *dialError
+		dial := errors.As(err, &de)
+		if rp != nil && s.ctx.Err() == nil && rp.retriableError(dial, timedOut) {
+			if attempt < rp.n && s.canReplay() {
+				if !s.sleep(rp.backoff(attempt + 1)) {
+					s.upstreamFailed(context.Cause(s.ctx), false)
+					return
+				}
+				continue
+			}
+			if attempt > 0 && attempt >= rp.n {
+				s.addFlag(FlagRetryLimitExceeded)
+			}
+		}
+		if timedOut {
+			s.local(http.StatusGatewayTimeout, FlagUpstreamTimeout, "upstream_per_try_timeout", "upstream request timeout")
+			return
 		}
 		s.upstreamFailed(err, false)
 		return
+	}
+	if ptCancel != nil {
+		defer ptCancel(context.Canceled) // after the body below is done
 	}
 	done := false
 	defer func() {
@@ -515,6 +582,9 @@ func (m *Manager) serve1(s *stream) {
 	applyHeaderOps(h, rt.respAdd, rt.respDel, &s.e)
 	if m.alwaysSetReqID && rid != "" {
 		h["X-Request-Id"] = s.one(hvRequestID, rid)
+	}
+	if rt.attemptsDown {
+		h["X-Envoy-Attempt-Count"] = []string{strconv.Itoa(s.e.Attempts)}
 	}
 	h["X-Envoy-Upstream-Service-Time"] = s.one(hvServiceTime, strconv.FormatInt(s.e.UpstreamTime.Milliseconds(), 10))
 	if m.serverName != "" {
@@ -748,6 +818,12 @@ type reqBody struct {
 	failed   atomic.Bool
 	tooLarge atomic.Bool
 	closed   atomic.Bool
+	// With a retry policy, rec keeps what was read (up to
+	// retryReplayLimit; recOver past it) so a retry can send it again.
+	// Written by the reader; read by the handler once eof is set.
+	record  bool
+	recOver bool
+	rec     []byte
 }
 
 func (b *reqBody) Read(p []byte) (int, error) {
@@ -758,6 +834,13 @@ func (b *reqBody) Read(p []byte) (int, error) {
 			b.tooLarge.Store(true)
 			b.s.cancelWith(errBodyTooLarge)
 			return 0, errBodyTooLarge
+		}
+		if b.record && !b.recOver {
+			if len(b.rec)+n > retryReplayLimit {
+				b.recOver, b.rec = true, nil
+			} else {
+				b.rec = append(b.rec, p[:n]...)
+			}
 		}
 	}
 	if err == io.EOF {

@@ -91,8 +91,11 @@ type route struct {
 	honourGrpc     bool
 	idleTimeout    time.Duration // per-route stream idle override; <0 unset
 
-	retries     int
-	retryOnConn bool // connect-failure / reset / refused-stream
+	retry *retryPolicy // nil: no retries
+	// include_request_attempt_count / include_attempt_count_in_response
+	// (virtual host): x-envoy-attempt-count on the upstream request / the
+	// response.
+	attemptsUp, attemptsDown bool
 
 	// Header mutations: route first, then vhost, then route config
 	// (Envoy's order when most_specific_header_mutations_wins is false).
@@ -187,6 +190,7 @@ func compileRoutes(rc *routev3.RouteConfiguration) (*routeTable, error) {
 				return nil, fmt.Errorf("route config %q vhost %q route %d (%q): %w", rc.GetName(), vh.name, i, pr.GetName(), err)
 			}
 			r.vhost = vh
+			r.attemptsUp, r.attemptsDown = pvh.GetIncludeRequestAttemptCount(), pvh.GetIncludeAttemptCountInResponse()
 			r.reqAdd = concat(r.reqAdd, vhAdd, cfgAdd)
 			r.reqDel = concat(r.reqDel, vhDel, cfgDel)
 			r.respAdd = concat(r.respAdd, vhRespAdd, cfgRespAdd)
@@ -470,20 +474,9 @@ func compileRouteAction(r *route, a *routev3.RouteAction, vhRetry *routev3.Retry
 	if rp == nil {
 		rp = vhRetry
 	}
-	if rp != nil {
-		n := 1
-		if rp.GetNumRetries() != nil {
-			n = int(rp.GetNumRetries().GetValue())
-		}
-		for _, on := range strings.Split(rp.GetRetryOn(), ",") {
-			switch strings.TrimSpace(on) {
-			case "connect-failure", "reset", "refused-stream", "5xx", "gateway-error", "reset-before-request":
-				r.retryOnConn = true
-			}
-		}
-		if r.retryOnConn {
-			r.retries = n
-		}
+	var err error
+	if r.retry, err = compileRetry(rp); err != nil {
+		return err
 	}
 	return nil
 }
