@@ -32,7 +32,9 @@ func counted(t *testing.T, n *atomic.Int64, h func(w http.ResponseWriter, r *htt
 }
 
 func TestRetryPolicy(t *testing.T) {
-	fail := func(w http.ResponseWriter, r *http.Request, body string) { w.WriteHeader(http.StatusServiceUnavailable) }
+	fail := func(w http.ResponseWriter, r *http.Request, body string) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
 	ok := func(w http.ResponseWriter, r *http.Request, body string) {
 		fmt.Fprintf(w, "ok attempt=%s body=%q", r.Header.Get("X-Envoy-Attempt-Count"), body)
 	}
