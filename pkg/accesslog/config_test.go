@@ -249,3 +249,33 @@ func TestFilesShareAndFlush(t *testing.T) {
 	var nilLogger *Logger
 	nilLogger.Log(&Entry{})
 }
+
+func TestFilesReopen(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.log")
+	f, _ := ParseText("%RESPONSE_CODE%\n")
+	fs := NewFiles(nil)
+	defer fs.Close()
+	g, err := fs.Bind([]*Log{{Name: "one", Path: path, Format: f}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Log(&Entry{Code: 200})
+	// logrotate: the file is moved away, then the agent is told.
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	g.Log(&Entry{Code: 201}) // still buffered: lands in the moved file
+	if err := fs.Reopen(); err != nil {
+		t.Fatal(err)
+	}
+	g.Log(&Entry{Code: 202})
+	if err := fs.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := os.ReadFile(path + ".1")
+	cur, _ := os.ReadFile(path)
+	if string(old) != "200\n201\n" || string(cur) != "202\n" {
+		t.Errorf("rotated file %q, new file %q", old, cur)
+	}
+}

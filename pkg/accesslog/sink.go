@@ -115,6 +115,35 @@ func (fs *Files) Flush() error {
 	return errors.Join(errs...)
 }
 
+// Reopen flushes every file opened here and opens its path again (Envoy's
+// /reopen_logs, for log rotation: lines go to the new file at the path
+// from now on). Standard streams are left as they are.
+func (fs *Files) Reopen() error {
+	if err := fs.Flush(); err != nil {
+		return err
+	}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	var errs []error
+	for _, f := range fs.files {
+		if !f.own {
+			continue
+		}
+		nf, err := os.OpenFile(f.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("reopen access log: %w", err))
+			continue
+		}
+		f.mu.Lock()
+		_ = f.flushLocked()
+		old := f.f
+		f.f = nf
+		f.mu.Unlock()
+		_ = old.Close()
+	}
+	return errors.Join(errs...)
+}
+
 // Close flushes and closes every file opened here; later lines are
 // dropped.
 func (fs *Files) Close() error {

@@ -536,6 +536,15 @@ func (a *Agent) adminHandler() http.Handler {
 		a.log.Info("acceleration switched", zap.String("acceleration", a.mode.Acceleration))
 		fmt.Fprintln(w, "acceleration", a.mode.Acceleration)
 	})
+	// Envoy's /reopen_logs: after logrotate moved the access-log files,
+	// write to new ones at the same paths.
+	mux.HandleFunc("POST /reopen_logs", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.alogs.Reopen(); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, "OK")
+	})
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
