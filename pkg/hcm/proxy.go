@@ -69,6 +69,8 @@ type stream struct {
 	// takes ctx apart and gives out one only for net/http's clients.
 	out    http.Request
 	outURL url.URL
+	// tried backs the hosts of a retried request's attempts.
+	tried [2]netip.AddrPort
 }
 
 // Indices into stream.hv.
@@ -451,7 +453,7 @@ func (m *Manager) serve1(s *stream) {
 	var (
 		resp     *http.Response
 		upStart  time.Time
-		tried    []netip.AddrPort // hosts of earlier attempts (previous_hosts)
+		tried    = s.tried[:0] // hosts of earlier attempts (previous_hosts)
 		ptCancel context.CancelCauseFunc
 	)
 	for attempt := 0; ; attempt++ {
@@ -465,7 +467,7 @@ func (m *Manager) serve1(s *stream) {
 			}
 			return
 		}
-		if rp != nil && rp.otherHosts {
+		if rp != nil && rp.otherHosts && attempt < rp.n {
 			tried = append(tried, ep.Addr)
 		}
 		addr := cp.addrString(ep.Addr)
