@@ -17,6 +17,8 @@ const (
 	FlagLocalReset          = "LR"  // we reset the stream
 	FlagDirectResponse      = "DR"  // answered by direct_response/redirect (Envoy logs "-"; kept for clarity)
 	FlagRequestTimeout      = "RT"  // HCM request_timeout (Envoy logs via details; we flag it)
+	FlagFaultInjected       = "FI"  // the fault filter aborted the request
+	FlagDelayInjected       = "DI"  // the fault filter delayed the request
 )
 
 // AccessLogger consumes access-log entries (pkg/accesslog's Logger and

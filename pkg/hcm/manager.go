@@ -16,6 +16,7 @@ import (
 	bufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/anypb"
 	"golang.org/x/net/http2"
 
 	"github.com/meshlet/meshlet/pkg/sniff"
@@ -71,6 +72,10 @@ type Manager struct {
 	serverName       string
 	stripAnyHostPort bool
 	paths            pathPolicy
+	// faultName is the fault filter's name in http_filters ("": none), the
+	// key of routes' typed_per_filter_config; fault its own config.
+	faultName string
+	fault     *faultPolicy
 
 	h1     *http.Server
 	h2     *http2.Server
@@ -162,6 +167,15 @@ func New(cfg *hcmv3.HttpConnectionManager, routes RouteSource, up Upstreams, opt
 		if u.GetEnabled() == nil || u.GetEnabled().GetValue() {
 			m.upgrades[strings.ToLower(u.GetUpgradeType())] = true
 		}
+	}
+	var fnames []string
+	var fconfs []*anypb.Any
+	for _, f := range cfg.GetHttpFilters() {
+		fnames, fconfs = append(fnames, f.GetName()), append(fconfs, f.GetTypedConfig())
+	}
+	var err error
+	if m.faultName, m.fault, err = faultFilterIn(fnames, fconfs); err != nil {
+		return nil, fmt.Errorf("hcm %q: %w", cfg.GetStatPrefix(), err)
 	}
 	for _, f := range cfg.GetHttpFilters() {
 		if f.GetName() != "envoy.filters.http.buffer" && !strings.HasSuffix(f.GetTypedConfig().GetTypeUrl(), "envoy.extensions.filters.http.buffer.v3.Buffer") {

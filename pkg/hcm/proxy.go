@@ -69,6 +69,8 @@ type stream struct {
 	// takes ctx apart and gives out one only for net/http's clients.
 	out    http.Request
 	outURL url.URL
+	// faultGRPC is 1 + the gRPC status of a fault abort (0: none).
+	faultGRPC int
 	// tried backs the hosts of a retried request's attempts.
 	tried [2]netip.AddrPort
 }
@@ -421,6 +423,15 @@ func (m *Manager) serve1(s *stream) {
 		s.proxyUpgrade(cluster, outHost, outPath, idle)
 		return
 	}
+	if m.faultName != "" {
+		fp := rt.faults[m.faultName]
+		if fp == nil {
+			fp = m.fault
+		}
+		if fp != nil && fp.applies(cluster, r.Header, &v) && !s.injectFault(fp) {
+			return
+		}
+	}
 	s.deadline = max(timeout, 0)
 	if s.idle > 0 || s.deadline > 0 {
 		if fw, ok := s.w.(*fastRW); !ok || !fw.c.deferTimer(s) {
@@ -714,6 +725,9 @@ func (s *stream) local(code int, flag, details, body string) {
 		gs := accesslog.HTTPToGRPC(code)
 		if flag == FlagUpstreamTimeout {
 			gs = 4 // DEADLINE_EXCEEDED: the client's own deadline and ours agree
+		}
+		if s.faultGRPC > 0 {
+			gs = s.faultGRPC - 1
 		}
 		h["Grpc-Status"] = []string{strconv.Itoa(gs)}
 		msg := body

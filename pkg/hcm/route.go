@@ -92,6 +92,9 @@ type route struct {
 	idleTimeout    time.Duration // per-route stream idle override; <0 unset
 
 	retry *retryPolicy // nil: no retries
+	// faults: fault filter configs by filter name (typed_per_filter_config
+	// of the route, else of its virtual host).
+	faults map[string]*faultPolicy
 	// include_request_attempt_count / include_attempt_count_in_response
 	// (virtual host): x-envoy-attempt-count on the upstream request / the
 	// response.
@@ -182,6 +185,10 @@ func compileRoutes(rc *routev3.RouteConfiguration) (*routeTable, error) {
 		if err != nil {
 			return nil, fmt.Errorf("route config %q vhost %q: response_headers_to_add: %w", rc.GetName(), vh.name, err)
 		}
+		vhFaults, err := perFilterFaults(pvh.GetTypedPerFilterConfig())
+		if err != nil {
+			return nil, fmt.Errorf("route config %q vhost %q: %w", rc.GetName(), vh.name, err)
+		}
 		vhDel := canonList(pvh.GetRequestHeadersToRemove())
 		vhRespDel := canonList(pvh.GetResponseHeadersToRemove())
 		for i, pr := range pvh.GetRoutes() {
@@ -190,6 +197,14 @@ func compileRoutes(rc *routev3.RouteConfiguration) (*routeTable, error) {
 				return nil, fmt.Errorf("route config %q vhost %q route %d (%q): %w", rc.GetName(), vh.name, i, pr.GetName(), err)
 			}
 			r.vhost = vh
+			for name, f := range vhFaults {
+				if _, ok := r.faults[name]; !ok {
+					if r.faults == nil {
+						r.faults = map[string]*faultPolicy{}
+					}
+					r.faults[name] = f
+				}
+			}
 			r.attemptsUp, r.attemptsDown = pvh.GetIncludeRequestAttemptCount(), pvh.GetIncludeAttemptCountInResponse()
 			r.reqAdd = concat(r.reqAdd, vhAdd, cfgAdd)
 			r.reqDel = concat(r.reqDel, vhDel, cfgDel)
@@ -316,6 +331,10 @@ func applyHeaderOps(h http.Header, ops []headerOp, del []string, e *accesslog.En
 
 func compileRoute(pr *routev3.Route, vhRetry *routev3.RetryPolicy) (*route, error) {
 	r := &route{name: pr.GetName(), idleTimeout: -1}
+	var err error
+	if r.faults, err = perFilterFaults(pr.GetTypedPerFilterConfig()); err != nil {
+		return nil, err
+	}
 	m := pr.GetMatch()
 	if m == nil {
 		return nil, fmt.Errorf("route has no match")
@@ -364,7 +383,6 @@ func compileRoute(pr *routev3.Route, vhRetry *routev3.RetryPolicy) (*route, erro
 		}
 		r.query = append(r.query, qm)
 	}
-	var err error
 	if r.reqAdd, err = compileHeaderOps(pr.GetRequestHeadersToAdd()); err != nil {
 		return nil, fmt.Errorf("request_headers_to_add: %w", err)
 	}

@@ -1,0 +1,320 @@
+package hcm
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/meshlet/meshlet/pkg/match"
+)
+
+// The fault filter (envoy.filters.http.fault): Istio's VirtualService
+// fault injection. Its place in http_filters turns it on; its config, or a
+// route's or virtual host's typed_per_filter_config under its name,
+// says what to inject.
+
+const (
+	faultFilterName = "envoy.filters.http.fault"
+	faultTypeURL    = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+	filterConfigURL = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+)
+
+// Headers that drive faults from the request (header_delay, header_abort).
+const (
+	hdrFaultDelay        = "X-Envoy-Fault-Delay-Request"
+	hdrFaultDelayPct     = "X-Envoy-Fault-Delay-Request-Percentage"
+	hdrFaultAbort        = "X-Envoy-Fault-Abort-Request"
+	hdrFaultAbortGRPC    = "X-Envoy-Fault-Abort-Grpc-Request"
+	hdrFaultAbortPct     = "X-Envoy-Fault-Abort-Request-Percentage"
+	hdrDownstreamService = "X-Envoy-Downstream-Service-Node"
+)
+
+// percent is a FractionalPercent: num out of den.
+type percent struct{ num, den uint64 }
+
+func compilePercent(p *typev3.FractionalPercent) percent {
+	den := uint64(100)
+	switch p.GetDenominator() {
+	case typev3.FractionalPercent_TEN_THOUSAND:
+		den = 10_000
+	case typev3.FractionalPercent_MILLION:
+		den = 1_000_000
+	}
+	return percent{num: uint64(p.GetNumerator()), den: den}
+}
+
+// lower applies a request's percentage header (a numerator over the same
+// denominator), which may only lower the configured one.
+func (p percent) lower(h http.Header, key string) percent {
+	if v := h.Get(key); v != "" {
+		if n, err := strconv.ParseUint(v, 10, 32); err == nil && n < p.num {
+			p.num = n
+		}
+	}
+	return p
+}
+
+func (p percent) draw() bool {
+	return p.num >= p.den || (p.num > 0 && rand.Uint64N(p.den) < p.num)
+}
+
+// faultPolicy is a compiled HTTPFault.
+type faultPolicy struct {
+	delay       time.Duration
+	delayHeader bool
+	delayPct    percent
+	hasDelay    bool
+
+	abortHTTP   int
+	abortGRPC   int // -1: none
+	abortHeader bool
+	abortPct    percent
+	abortBody   string
+	hasAbort    bool
+
+	cluster   string
+	headers   []match.Header
+	nodes     []string
+	maxActive int64 // 0: unlimited
+	active    atomic.Int64
+}
+
+func compileFault(f *faultv3.HTTPFault) (*faultPolicy, error) {
+	p := &faultPolicy{abortGRPC: -1, cluster: f.GetUpstreamCluster(), nodes: f.GetDownstreamNodes()}
+	if d := f.GetDelay(); d != nil {
+		p.hasDelay = true
+		p.delayPct = compilePercent(d.GetPercentage())
+		switch {
+		case d.GetFixedDelay() != nil:
+			p.delay = d.GetFixedDelay().AsDuration()
+		case d.GetHeaderDelay() != nil:
+			p.delayHeader = true
+		default:
+			return nil, fmt.Errorf("fault delay: fixed_delay or header_delay is required")
+		}
+	}
+	if a := f.GetAbort(); a != nil {
+		p.hasAbort = true
+		p.abortPct = compilePercent(a.GetPercentage())
+		p.abortBody = a.GetResponseBody()
+		switch e := a.GetErrorType().(type) {
+		case *faultv3.FaultAbort_HttpStatus:
+			if e.HttpStatus < 200 || e.HttpStatus >= 600 {
+				return nil, fmt.Errorf("fault abort: http_status %d outside [200, 600)", e.HttpStatus)
+			}
+			p.abortHTTP = int(e.HttpStatus)
+		case *faultv3.FaultAbort_GrpcStatus:
+			p.abortGRPC = int(e.GrpcStatus)
+		case *faultv3.FaultAbort_HeaderAbort_:
+			p.abortHeader = true
+		default:
+			return nil, fmt.Errorf("fault abort: http_status, grpc_status or header_abort is required")
+		}
+	}
+	for _, h := range f.GetHeaders() {
+		hm, err := match.CompileHeader(h)
+		if err != nil {
+			return nil, fmt.Errorf("fault headers: %w", err)
+		}
+		p.headers = append(p.headers, hm)
+	}
+	if m := f.GetMaxActiveFaults(); m != nil {
+		p.maxActive = int64(m.GetValue())
+	}
+	return p, nil
+}
+
+// decodeFault reads an HTTPFault from a filter's typed_config or a
+// typed_per_filter_config entry (bare, or wrapped in a FilterConfig).
+func decodeFault(a *anypb.Any) (*faultPolicy, error) {
+	if a.GetTypeUrl() == filterConfigURL {
+		var fc routev3.FilterConfig
+		if err := a.UnmarshalTo(&fc); err != nil {
+			return nil, fmt.Errorf("decode FilterConfig: %w", err)
+		}
+		a = fc.GetConfig()
+	}
+	var f faultv3.HTTPFault
+	if a != nil {
+		if err := a.UnmarshalTo(&f); err != nil {
+			return nil, fmt.Errorf("decode HTTPFault: %w", err)
+		}
+	}
+	return compileFault(&f)
+}
+
+// perFilterFaults compiles the HTTPFault entries of a route's or virtual
+// host's typed_per_filter_config, by filter name.
+func perFilterFaults(m map[string]*anypb.Any) (map[string]*faultPolicy, error) {
+	var out map[string]*faultPolicy
+	for name, a := range m {
+		u := a.GetTypeUrl()
+		if u == filterConfigURL {
+			var fc routev3.FilterConfig
+			if err := a.UnmarshalTo(&fc); err != nil {
+				return nil, fmt.Errorf("typed_per_filter_config %q: %w", name, err)
+			}
+			u = fc.GetConfig().GetTypeUrl()
+		}
+		if u != faultTypeURL {
+			continue
+		}
+		p, err := decodeFault(a)
+		if err != nil {
+			return nil, fmt.Errorf("typed_per_filter_config %q: %w", name, err)
+		}
+		if out == nil {
+			out = map[string]*faultPolicy{}
+		}
+		out[name] = p
+	}
+	return out, nil
+}
+
+// applies reports whether the policy's conditions hold for the request.
+func (p *faultPolicy) applies(cluster string, h http.Header, v *reqView) bool {
+	if p.cluster != "" && p.cluster != cluster {
+		return false
+	}
+	for i := range p.headers {
+		if hm := &p.headers[i]; !hm.Match(headerValue(hm, v)) {
+			return false
+		}
+	}
+	if len(p.nodes) > 0 {
+		n := h.Get(hdrDownstreamService)
+		found := false
+		for _, x := range p.nodes {
+			found = found || x == n
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// injectFault delays and/or aborts the stream as p says; false when the
+// stream was answered (aborted) or ended during the delay.
+func (s *stream) injectFault(p *faultPolicy) bool {
+	h := s.r.Header
+	delay := p.delay
+	doDelay := false
+	if p.hasDelay {
+		if p.delayHeader {
+			ms, err := strconv.ParseUint(h.Get(hdrFaultDelay), 10, 32)
+			delay = time.Duration(ms) * time.Millisecond
+			doDelay = err == nil && ms > 0 && p.delayPct.lower(h, hdrFaultDelayPct).draw()
+		} else {
+			doDelay = delay > 0 && p.delayPct.draw()
+		}
+	}
+	code, grpcCode, doAbort := p.abortHTTP, p.abortGRPC, false
+	if p.hasAbort {
+		if p.abortHeader {
+			code, grpcCode = 0, -1
+			if n, err := strconv.Atoi(h.Get(hdrFaultAbort)); err == nil && n >= 200 && n < 600 {
+				code = n
+			} else if n, err := strconv.Atoi(h.Get(hdrFaultAbortGRPC)); err == nil && n >= 0 {
+				grpcCode = n
+			}
+			doAbort = (code != 0 || grpcCode >= 0) && p.abortPct.lower(h, hdrFaultAbortPct).draw()
+		} else {
+			doAbort = p.abortPct.draw()
+		}
+	}
+	if !doDelay && !doAbort {
+		return true
+	}
+	if p.maxActive > 0 {
+		if p.active.Add(1) > p.maxActive {
+			p.active.Add(-1)
+			return true // max_active_faults reached: no fault for this one
+		}
+		defer p.active.Add(-1)
+	}
+	if doDelay {
+		s.addFlag(FlagDelayInjected)
+		if !s.sleep(delay) {
+			s.addFlag(FlagDownstreamConnTerm)
+			return false
+		}
+	}
+	if !doAbort {
+		return true
+	}
+	body := p.abortBody
+	if body == "" {
+		body = "fault filter abort"
+	}
+	switch {
+	case grpcCode >= 0 && s.grpc:
+		s.faultGRPC = grpcCode + 1
+		s.local(http.StatusOK, FlagFaultInjected, "fault_filter_abort", body)
+	case grpcCode >= 0:
+		s.local(grpcToHTTP(grpcCode), FlagFaultInjected, "fault_filter_abort", body)
+	default:
+		s.local(code, FlagFaultInjected, "fault_filter_abort", body)
+	}
+	return false
+}
+
+// grpcToHTTP is the HTTP status for a gRPC status sent to a non-gRPC client.
+func grpcToHTTP(c int) int {
+	switch c {
+	case 0:
+		return http.StatusOK
+	case 1:
+		return 499
+	case 3, 9, 11:
+		return http.StatusBadRequest
+	case 4:
+		return http.StatusGatewayTimeout
+	case 5:
+		return http.StatusNotFound
+	case 6, 10:
+		return http.StatusConflict
+	case 7:
+		return http.StatusForbidden
+	case 8:
+		return http.StatusTooManyRequests
+	case 12:
+		return http.StatusNotImplemented
+	case 14:
+		return http.StatusServiceUnavailable
+	case 16:
+		return http.StatusUnauthorized
+	}
+	return http.StatusInternalServerError
+}
+
+// faultFilter finds the fault filter in an HCM's http_filters: its name
+// (the key of per-route configs) and its own config (nil when empty).
+func faultFilterIn(names []string, configs []*anypb.Any) (string, *faultPolicy, error) {
+	for i, n := range names {
+		a := configs[i]
+		if n != faultFilterName && n != "envoy.fault" && a.GetTypeUrl() != faultTypeURL {
+			continue
+		}
+		if a == nil || len(a.GetValue()) == 0 {
+			return n, nil, nil
+		}
+		p, err := decodeFault(a)
+		if err != nil {
+			return "", nil, fmt.Errorf("http filter %q: %w", n, err)
+		}
+		if !p.hasDelay && !p.hasAbort {
+			p = nil
+		}
+		return n, p, nil
+	}
+	return "", nil, nil
+}
