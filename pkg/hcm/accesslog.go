@@ -19,6 +19,7 @@ const (
 	FlagRequestTimeout      = "RT"  // HCM request_timeout (Envoy logs via details; we flag it)
 	FlagFaultInjected       = "FI"  // the fault filter aborted the request
 	FlagDelayInjected       = "DI"  // the fault filter delayed the request
+	FlagDurationTimeout     = "DT"  // max_stream_duration reached (408 or reset)
 )
 
 // AccessLogger consumes access-log entries (pkg/accesslog's Logger and

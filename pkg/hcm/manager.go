@@ -16,8 +16,8 @@ import (
 	bufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/types/known/anypb"
 	"golang.org/x/net/http2"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/meshlet/meshlet/pkg/sniff"
 )
@@ -59,19 +59,25 @@ type Manager struct {
 	inline  *routeTable // inline route_config
 	last    atomic.Pointer[rdsEntry]
 
-	maxHeaderBytes   int
-	maxHeadersCount  int
-	maxBodyBytes     int64 // 0: unlimited (envoy.filters.http.buffer max_request_bytes)
-	streamIdle       time.Duration
-	requestTimeout   time.Duration
-	useRemoteAddr    bool
-	skipXFFAppend    bool
-	genRequestID     bool
-	alwaysSetReqID   bool
-	upgrades         map[string]bool // lower-case upgrade types enabled
-	serverName       string
-	stripAnyHostPort bool
-	paths            pathPolicy
+	maxHeaderBytes  int
+	maxHeadersCount int
+	maxBodyBytes    int64 // 0: unlimited (envoy.filters.http.buffer max_request_bytes)
+	streamIdle      time.Duration
+	requestTimeout  time.Duration
+	// maxStreamDuration: common_http_protocol_options.max_stream_duration
+	// (0: none), overridden by a route's max_stream_duration.
+	maxStreamDuration time.Duration
+	// maxRequestsPerConn: common_http_protocol_options
+	// .max_requests_per_connection (0: unlimited).
+	maxRequestsPerConn int64
+	useRemoteAddr      bool
+	skipXFFAppend      bool
+	genRequestID       bool
+	alwaysSetReqID     bool
+	upgrades           map[string]bool // lower-case upgrade types enabled
+	serverName         string
+	stripAnyHostPort   bool
+	paths              pathPolicy
 	// faultName is the fault filter's name in http_filters ("": none), the
 	// key of routes' typed_per_filter_config; fault its own config.
 	faultName string
@@ -136,6 +142,12 @@ func New(cfg *hcmv3.HttpConnectionManager, routes RouteSource, up Upstreams, opt
 	cpo := cfg.GetCommonHttpProtocolOptions()
 	if v := cpo.GetMaxHeadersCount(); v != nil && v.GetValue() > 0 {
 		m.maxHeadersCount = int(v.GetValue())
+	}
+	if n := cpo.GetMaxRequestsPerConnection(); n != nil {
+		m.maxRequestsPerConn = int64(n.GetValue())
+	}
+	if d := cpo.GetMaxStreamDuration(); d != nil {
+		m.maxStreamDuration = d.AsDuration()
 	}
 	connIdle := defaultConnIdleTimeout
 	if cpo.GetIdleTimeout() != nil {
@@ -224,6 +236,7 @@ type connInfo struct {
 	remote   netip.AddrPort
 	remoteIP string // remote's address for X-Forwarded-For (set when used)
 	h2       bool
+	requests int64 // requests begun (max_requests_per_connection; atomic)
 }
 
 type connInfoKey struct{}

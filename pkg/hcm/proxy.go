@@ -27,6 +27,7 @@ var (
 	errRouteTimeout   = errors.New("upstream request timeout")
 	errStreamIdle     = errors.New("stream idle timeout")
 	errRequestTimeout = errors.New("request timeout")
+	errMaxDuration    = errors.New("max stream duration")
 	errBodyTooLarge   = errors.New("request body too large")
 )
 
@@ -56,6 +57,7 @@ type stream struct {
 	// stream idle timeout (idle, since last activity); 0 disables either.
 	idle     time.Duration
 	deadline time.Duration
+	durCap   bool // deadline is max_stream_duration's, not the route timeout
 	t        atomic.Pointer[time.Timer]
 	// fc: the fast-path connection holding this stream's timer until
 	// watchDelay (fastConn.deferTimer), nil when the timer is the stream's.
@@ -69,6 +71,8 @@ type stream struct {
 	// takes ctx apart and gives out one only for net/http's clients.
 	out    http.Request
 	outURL url.URL
+	// lastOnConn: the connection reached max_requests_per_connection.
+	lastOnConn bool
 	// faultGRPC is 1 + the gRPC status of a fault abort (0: none).
 	faultGRPC int
 	// tried backs the hosts of a retried request's attempts.
@@ -143,7 +147,11 @@ func (s *stream) armLate() {
 func (s *stream) checkTimer() {
 	now := time.Since(s.start)
 	if s.deadline > 0 && now >= s.deadline {
-		s.abort(errRouteTimeout)
+		if s.durCap {
+			s.abort(errMaxDuration)
+		} else {
+			s.abort(errRouteTimeout)
+		}
 		return
 	}
 	next := time.Duration(-1)
@@ -182,6 +190,9 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.info == nil {
 		s.info = &connInfo{}
 	}
+	if m.maxRequestsPerConn > 0 && atomic.AddInt64(&s.info.requests, 1) >= m.maxRequestsPerConn {
+		s.lastOnConn = true
+	}
 	s.e.Start = s.start
 	s.e.ReqHeaders = r.Header
 	s.e.DownstreamLocal, s.e.DownstreamRemote = s.info.orig, s.info.remote
@@ -202,6 +213,20 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 	m.serve1(s)
 	served = true
+}
+
+// writeHeader sends the response head; the last request a connection may
+// carry (max_requests_per_connection) asks for the connection's end:
+// "Connection: close" on HTTP/1.1, a GOAWAY from x/net on HTTP/2.
+func (s *stream) writeHeader(code int) {
+	if s.lastOnConn {
+		if fw, ok := s.w.(*fastRW); ok {
+			fw.closeAfter = true
+		} else {
+			s.w.Header()["Connection"] = []string{"close"}
+		}
+	}
+	s.w.WriteHeader(code)
 }
 
 // cancelWith cancels the stream's context with cause; on the fast path
@@ -289,7 +314,7 @@ func (m *Manager) serve1(s *stream) {
 			// unescaped path.
 			s.e.Code, s.e.Details, s.wrote = http.StatusTemporaryRedirect, "path_normalization_redirect", true
 			s.w.Header()["Location"] = []string{np}
-			s.w.WriteHeader(http.StatusTemporaryRedirect)
+			s.writeHeader(http.StatusTemporaryRedirect)
 			return
 		}
 		path = np
@@ -433,6 +458,14 @@ func (m *Manager) serve1(s *stream) {
 		}
 	}
 	s.deadline = max(timeout, 0)
+	maxDur := m.maxStreamDuration
+	if rt.maxDuration >= 0 {
+		maxDur = rt.maxDuration
+	}
+	if maxDur > 0 && (s.deadline == 0 || maxDur < s.deadline) {
+		// max_stream_duration comes first: the deadline is its.
+		s.deadline, s.durCap = maxDur, true
+	}
 	if s.idle > 0 || s.deadline > 0 {
 		if fw, ok := s.w.(*fastRW); !ok || !fw.c.deferTimer(s) {
 			s.armTimer()
@@ -605,7 +638,7 @@ func (m *Manager) serve1(s *stream) {
 	}
 	s.e.Code = resp.StatusCode
 	s.wrote = true
-	s.w.WriteHeader(resp.StatusCode)
+	s.writeHeader(resp.StatusCode)
 
 	stream := resp.ContentLength < 0 || s.grpc
 	fl, _ := s.w.(http.Flusher)
@@ -660,6 +693,8 @@ func (s *stream) upstreamFailed(err error, afterHeaders bool) {
 	switch {
 	case s.body != nil && s.body.tooLarge.Load():
 		code, flag, details, body = http.StatusRequestEntityTooLarge, "", "request_payload_too_large", "Payload Too Large"
+	case cause == errMaxDuration, s.durCap && time.Since(s.start) >= s.deadline:
+		code, flag, details, body = http.StatusRequestTimeout, FlagDurationTimeout, "max_duration_timeout", "downstream duration timeout"
 	case cause == errRouteTimeout, s.grpc && s.deadline > 0 && time.Since(s.start) >= s.deadline:
 		// The second case: the upstream gave up at the deadline it was
 		// given (a gRPC server resets the stream when its grpc-timeout
@@ -723,7 +758,7 @@ func (s *stream) local(code int, flag, details, body string) {
 	if s.grpc {
 		h["Content-Type"] = []string{"application/grpc"}
 		gs := accesslog.HTTPToGRPC(code)
-		if flag == FlagUpstreamTimeout {
+		if flag == FlagUpstreamTimeout || flag == FlagDurationTimeout {
 			gs = 4 // DEADLINE_EXCEEDED: the client's own deadline and ours agree
 		}
 		if s.faultGRPC > 0 {
@@ -736,14 +771,14 @@ func (s *stream) local(code int, flag, details, body string) {
 		}
 		h["Grpc-Message"] = []string{url.PathEscape(msg)}
 		s.e.Code = http.StatusOK
-		s.w.WriteHeader(http.StatusOK)
+		s.writeHeader(http.StatusOK)
 		return
 	}
 	if body != "" {
 		h["Content-Type"] = []string{"text/plain"}
 		h["Content-Length"] = []string{strconv.Itoa(len(body))}
 	}
-	s.w.WriteHeader(code)
+	s.writeHeader(code)
 	if body != "" {
 		n, _ := io.WriteString(s.w, body)
 		s.sent.Add(int64(n))
@@ -762,7 +797,7 @@ func (s *stream) direct(d *direct) {
 		h["Content-Length"] = []string{strconv.Itoa(len(d.body))}
 	}
 	s.wrote = true
-	s.w.WriteHeader(d.status)
+	s.writeHeader(d.status)
 	if len(d.body) > 0 {
 		n, _ := s.w.Write(d.body)
 		s.sent.Add(int64(n))
@@ -810,7 +845,7 @@ func (s *stream) redirect(rd *redirect, host, path string) {
 	h["Location"] = []string{scheme + "://" + host + p + q}
 	s.e.Details = "direct_response"
 	s.wrote = true
-	s.w.WriteHeader(rd.code)
+	s.writeHeader(rd.code)
 }
 
 func portOf(host string) string {

@@ -90,6 +90,7 @@ type route struct {
 	grpcTimeoutMax time.Duration // honour grpc-timeout; 0 = no cap
 	honourGrpc     bool
 	idleTimeout    time.Duration // per-route stream idle override; <0 unset
+	maxDuration    time.Duration // max_stream_duration override; <0 unset, 0 none
 
 	retry *retryPolicy // nil: no retries
 	// faults: fault filter configs by filter name (typed_per_filter_config
@@ -330,7 +331,7 @@ func applyHeaderOps(h http.Header, ops []headerOp, del []string, e *accesslog.En
 }
 
 func compileRoute(pr *routev3.Route, vhRetry *routev3.RetryPolicy) (*route, error) {
-	r := &route{name: pr.GetName(), idleTimeout: -1}
+	r := &route{name: pr.GetName(), idleTimeout: -1, maxDuration: -1}
 	var err error
 	if r.faults, err = perFilterFaults(pr.GetTypedPerFilterConfig()); err != nil {
 		return nil, err
@@ -482,6 +483,9 @@ func compileRouteAction(r *route, a *routev3.RouteAction, vhRetry *routev3.Retry
 	}
 	if a.GetIdleTimeout() != nil {
 		r.idleTimeout = a.GetIdleTimeout().AsDuration()
+	}
+	if d := a.GetMaxStreamDuration().GetMaxStreamDuration(); d != nil {
+		r.maxDuration = d.AsDuration()
 	}
 	if msd := a.GetMaxStreamDuration(); msd != nil && msd.GetGrpcTimeoutHeaderMax() != nil {
 		r.honourGrpc, r.grpcTimeoutMax = true, msd.GetGrpcTimeoutHeaderMax().AsDuration()

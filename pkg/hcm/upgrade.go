@@ -64,7 +64,7 @@ func (s *stream) proxyUpgrade(cluster, host, path string, idle time.Duration) {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		stripHopByHop(h, false)
 		s.wrote = true
-		s.w.WriteHeader(resp.StatusCode)
+		s.writeHeader(resp.StatusCode)
 		n, _ := io.Copy(writerOnly{s.w}, resp.Body)
 		s.sent.Add(n)
 		resp.Body.Close()
