@@ -121,3 +121,31 @@ func TestMaxRequestsPerConnection(t *testing.T) {
 		t.Errorf("7 sequential h2c requests took %d connections, want 3 (3 + 3 + 1)", n)
 	}
 }
+
+// headers_with_underscores_action: REJECT_REQUEST answers 400 (DPE),
+// DROP_HEADER forwards the request without such headers.
+func TestHeadersWithUnderscores(t *testing.T) {
+	up := newUpstreams()
+	up.set("echo", ep(startEcho(t, "echo")))
+	for _, c := range []struct {
+		action string
+		code   int
+	}{{"REJECT_REQUEST", 400}, {"DROP_HEADER", 200}, {"ALLOW", 200}} {
+		js := strings.Replace(basicHCM, `"stat_prefix": "outbound_0.0.0.0_80",`, `"stat_prefix": "outbound_0.0.0.0_80", "common_http_protocol_options": {"headers_with_underscores_action": "`+c.action+`"},`, 1)
+		p := startProxy(t, mustHCM(t, js), nil, up)
+		resp, b := get(t, &http.Client{}, "http://"+p.addr+"/u", map[string]string{"Host": "svc.test", "X_Tenant": "a", "X-Ok": "1"})
+		if resp.StatusCode != c.code {
+			t.Fatalf("%s: status %d (%s), want %d", c.action, resp.StatusCode, b, c.code)
+		}
+		if c.code != 200 {
+			if e := p.log.last(t, 1); e.Flags != FlagDownstreamProtoErr {
+				t.Errorf("%s: flags %q", c.action, e.Flags)
+			}
+			continue
+		}
+		e := decodeEcho(t, b)
+		if _, has := e.Header["X_tenant"]; has != (c.action == "ALLOW") || e.Header.Get("X-Ok") != "1" {
+			t.Errorf("%s: upstream saw %v", c.action, e.Header)
+		}
+	}
+}

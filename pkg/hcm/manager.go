@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	bufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/buffer/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -70,14 +71,17 @@ type Manager struct {
 	// maxRequestsPerConn: common_http_protocol_options
 	// .max_requests_per_connection (0: unlimited).
 	maxRequestsPerConn int64
-	useRemoteAddr      bool
-	skipXFFAppend      bool
-	genRequestID       bool
-	alwaysSetReqID     bool
-	upgrades           map[string]bool // lower-case upgrade types enabled
-	serverName         string
-	stripAnyHostPort   bool
-	paths              pathPolicy
+	// underscores: headers_with_underscores_action (ALLOW, REJECT_REQUEST
+	// or DROP_HEADER).
+	underscores      corev3.HttpProtocolOptions_HeadersWithUnderscoresAction
+	useRemoteAddr    bool
+	skipXFFAppend    bool
+	genRequestID     bool
+	alwaysSetReqID   bool
+	upgrades         map[string]bool // lower-case upgrade types enabled
+	serverName       string
+	stripAnyHostPort bool
+	paths            pathPolicy
 	// faultName is the fault filter's name in http_filters ("": none), the
 	// key of routes' typed_per_filter_config; fault its own config.
 	faultName string
@@ -143,6 +147,7 @@ func New(cfg *hcmv3.HttpConnectionManager, routes RouteSource, up Upstreams, opt
 	if v := cpo.GetMaxHeadersCount(); v != nil && v.GetValue() > 0 {
 		m.maxHeadersCount = int(v.GetValue())
 	}
+	m.underscores = cpo.GetHeadersWithUnderscoresAction()
 	if n := cpo.GetMaxRequestsPerConnection(); n != nil {
 		m.maxRequestsPerConn = int64(n.GetValue())
 	}

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"go.uber.org/zap"
 
 	"github.com/meshlet/meshlet/internal/uuid"
@@ -289,6 +290,18 @@ func (m *Manager) serve1(s *stream) {
 	if n > m.maxHeadersCount {
 		s.local(http.StatusRequestHeaderFieldsTooLarge, FlagDownstreamProtoErr, "too_many_headers", "too many headers")
 		return
+	}
+	if m.underscores != corev3.HttpProtocolOptions_ALLOW {
+		for k := range r.Header {
+			if strings.IndexByte(k, '_') < 0 {
+				continue
+			}
+			if m.underscores == corev3.HttpProtocolOptions_REJECT_REQUEST {
+				s.local(http.StatusBadRequest, FlagDownstreamProtoErr, "unexpected_underscore", "Bad Request")
+				return
+			}
+			delete(r.Header, k) // DROP_HEADER
+		}
 	}
 	if m.maxBodyBytes > 0 && r.ContentLength > m.maxBodyBytes {
 		s.local(http.StatusRequestEntityTooLarge, "", "request_payload_too_large", "Payload Too Large")
