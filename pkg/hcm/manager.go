@@ -87,6 +87,8 @@ type Manager struct {
 	faultName string
 	fault     *faultPolicy
 
+	mirrors chan struct{} // slots of shadow requests in flight (maxMirrors)
+
 	h1     *http.Server
 	h2     *http2.Server
 	ln     *chanListener
@@ -119,7 +121,7 @@ func New(cfg *hcmv3.HttpConnectionManager, routes RouteSource, up Upstreams, opt
 		log: opts.Log, alog: opts.AccessLog, pools: opts.Pools, up: up, routes: routes,
 		maxHeaderBytes: defaultMaxHeadersKB << 10, maxHeadersCount: defaultMaxHeadersCount,
 		streamIdle: defaultStreamIdleTimeout, genRequestID: true,
-		upgrades: map[string]bool{}, closed: make(chan struct{}),
+		upgrades: map[string]bool{}, closed: make(chan struct{}), mirrors: make(chan struct{}, maxMirrors),
 	}
 	if m.log == nil {
 		m.log = zap.NewNop()

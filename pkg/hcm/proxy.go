@@ -441,7 +441,7 @@ func (m *Manager) serve1(s *stream) {
 	}
 	var body io.ReadCloser = http.NoBody
 	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
-		s.body = &reqBody{rc: r.Body, s: s, limit: m.maxBodyBytes, record: rt.retry != nil}
+		s.body = &reqBody{rc: r.Body, s: s, limit: m.maxBodyBytes, record: rt.retry != nil || len(rt.mirrors) > 0}
 		body = s.body
 		if m.requestTimeout > 0 {
 			s.reqT = time.AfterFunc(m.requestTimeout, func() {
@@ -503,6 +503,9 @@ func (m *Manager) serve1(s *stream) {
 	}
 	if body == http.NoBody {
 		s.out.ContentLength = 0
+	}
+	if len(rt.mirrors) > 0 {
+		defer s.mirror(outPath, outHost, timeout)
 	}
 	out := &s.out
 	cp := m.pools.cluster(cluster)

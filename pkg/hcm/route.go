@@ -96,6 +96,8 @@ type route struct {
 	// faults: fault filter configs by filter name (typed_per_filter_config
 	// of the route, else of its virtual host).
 	faults map[string]*faultPolicy
+	// mirrors: request_mirror_policies (shadow traffic).
+	mirrors []mirrorPolicy
 	// include_request_attempt_count / include_attempt_count_in_response
 	// (virtual host): x-envoy-attempt-count on the upstream request / the
 	// response.
@@ -492,6 +494,7 @@ func compileRouteAction(r *route, a *routev3.RouteAction, vhRetry *routev3.Retry
 	} else if a.GetMaxGrpcTimeout() != nil { //nolint:staticcheck // deprecated but still sent by Istio
 		r.honourGrpc, r.grpcTimeoutMax = true, a.GetMaxGrpcTimeout().AsDuration() //nolint:staticcheck
 	}
+	r.mirrors = compileMirrors(a.GetRequestMirrorPolicies())
 	rp := a.GetRetryPolicy()
 	if rp == nil {
 		rp = vhRetry
