@@ -34,21 +34,27 @@
 // net/http.ReadResponse. Other requests use net/http's Transport, and
 // HTTP/2 uses x/net's Transport, again over write-coalescing connections.
 //
-// For each request the handler takes one consistent snapshot of the route
+// For each request the handler normalizes the path as the HCM asks
+// (normalize.go), takes one consistent snapshot of the route
 // configuration (inline, or RDS through RouteSource; compiled forms are
 // cached per proto pointer), selects a virtual host by domain and a route
 // by path/header/query match, applies the route's action (cluster, weighted
-// clusters, direct_response, redirect), header mutations, host and path
-// rewrites and timeouts (the route timeout and stream idle timeout share
-// one timer per stream), then forwards over the shared upstream Pools:
+// clusters, direct_response, redirect), header mutations (values are
+// pkg/accesslog format strings), the fault filter (fault.go), host and path
+// rewrites and timeouts (the route timeout, max_stream_duration and stream
+// idle timeout share one timer per stream), then forwards, retrying as the
+// route's retry_policy says (retry.go) and shadowing to mirror clusters
+// (mirror.go), over the shared upstream Pools:
 // per-cluster HTTP/1.1 keep-alive pools and multiplexed HTTP/2 (h2c)
 // pools, each keyed by endpoint address. Request and response bodies are
 // streamed (never buffered whole); trailers, gRPC status and grpc-timeout
 // are honoured; cancellation and resets propagate both ways.
 //
 // Endpoint selection belongs to the caller through the Upstreams
-// interface. Every request produces an access-log Entry carrying Envoy's
-// response flags (NR, UF, UT, UC, DC, URX, NC, UH, SI, DPE, LR).
+// interface. Every request produces a pkg/accesslog Entry carrying Envoy's
+// response flags (NR, UF, UT, UC, DC, URX, NC, UH, SI, DPE, LR, FI, DI, DT)
+// for the AccessLogger in Options (the HCM's xDS access_log, bound by
+// pkg/state, and the agent's own).
 //
 // Socket I/O on these hot paths (internal/rawio) uses read(2) and write(2) on
 // the non-blocking socket directly, waiting through the runtime's poller
