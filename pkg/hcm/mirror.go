@@ -1,7 +1,6 @@
 package hcm
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -93,7 +92,7 @@ func (s *stream) mirror(outPath, outHost string, timeout time.Duration) {
 			req.URL.Opaque, req.URL.RawQuery = outPath[:q], outPath[q+1:]
 		}
 		if len(body) > 0 {
-			req.Body = io.NopCloser(bytes.NewReader(body))
+			req.Body = newReplay(body)
 		}
 		go s.m.sendMirror(req, cluster, s.info.orig, s.r.ProtoMajor == 2, timeout)
 	}

@@ -1,7 +1,6 @@
 package hcm
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -516,7 +515,23 @@ func (m *Manager) serve1(s *stream) {
 		tried    = s.tried[:0] // hosts of earlier attempts (previous_hosts)
 		ptCancel context.CancelCauseFunc
 	)
-	for attempt := 0; ; attempt++ {
+	if rt.hedge {
+		hr := s.hedged(cp, cluster, rp, rt)
+		var pe *pickError
+		switch {
+		case errors.As(hr.err, &pe) && errors.Is(pe.err, ErrNoCluster):
+			s.local(http.StatusServiceUnavailable, FlagNoCluster, "cluster_not_found", "")
+			return
+		case errors.As(hr.err, &pe):
+			s.local(http.StatusServiceUnavailable, FlagNoHealthyUpstream, "no_healthy_upstream", "no healthy upstream")
+			return
+		case hr.err != nil:
+			s.upstreamFailed(hr.err, false)
+			return
+		}
+		resp, upStart, ptCancel = hr.resp, hr.start, hr.cancel
+	}
+	for attempt := 0; !rt.hedge; attempt++ { // the attempts without hedging
 		ep, err := s.pickHost(cluster, rp, tried)
 		if err != nil {
 			switch {
@@ -542,7 +557,7 @@ func (m *Manager) serve1(s *stream) {
 			// read it (canReplay).
 			out.Body, out.ContentLength = http.NoBody, 0
 			if len(s.body.rec) > 0 {
-				out.Body, out.ContentLength = io.NopCloser(bytes.NewReader(s.body.rec)), int64(len(s.body.rec))
+				out.Body, out.ContentLength = newReplay(s.body.rec), int64(len(s.body.rec))
 			}
 		}
 		if rt.attemptsUp {

@@ -1,6 +1,7 @@
 package hcm
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -288,3 +289,7 @@ func (pt *perTry) finish() bool {
 	pt.done = true
 	return pt.fired
 }
+
+// newReplay is a request body sending rec again (a retry, a hedge, a
+// mirror).
+func newReplay(rec []byte) io.ReadCloser { return io.NopCloser(bytes.NewReader(rec)) }

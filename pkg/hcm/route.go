@@ -93,6 +93,7 @@ type route struct {
 	maxDuration    time.Duration // max_stream_duration override; <0 unset, 0 none
 
 	retry *retryPolicy // nil: no retries
+	hedge bool         // hedge_on_per_try_timeout
 	// faults: fault filter configs by filter name (typed_per_filter_config
 	// of the route, else of its virtual host).
 	faults map[string]*faultPolicy
@@ -195,7 +196,7 @@ func compileRoutes(rc *routev3.RouteConfiguration) (*routeTable, error) {
 		vhDel := canonList(pvh.GetRequestHeadersToRemove())
 		vhRespDel := canonList(pvh.GetResponseHeadersToRemove())
 		for i, pr := range pvh.GetRoutes() {
-			r, err := compileRoute(pr, pvh.GetRetryPolicy())
+			r, err := compileRoute(pr, pvh.GetRetryPolicy(), pvh.GetHedgePolicy())
 			if err != nil {
 				return nil, fmt.Errorf("route config %q vhost %q route %d (%q): %w", rc.GetName(), vh.name, i, pr.GetName(), err)
 			}
@@ -332,7 +333,7 @@ func applyHeaderOps(h http.Header, ops []headerOp, del []string, e *accesslog.En
 	}
 }
 
-func compileRoute(pr *routev3.Route, vhRetry *routev3.RetryPolicy) (*route, error) {
+func compileRoute(pr *routev3.Route, vhRetry *routev3.RetryPolicy, vhHedge *routev3.HedgePolicy) (*route, error) {
 	r := &route{name: pr.GetName(), idleTimeout: -1, maxDuration: -1}
 	var err error
 	if r.faults, err = perFilterFaults(pr.GetTypedPerFilterConfig()); err != nil {
@@ -397,7 +398,7 @@ func compileRoute(pr *routev3.Route, vhRetry *routev3.RetryPolicy) (*route, erro
 
 	switch a := pr.GetAction().(type) {
 	case *routev3.Route_Route:
-		if err := compileRouteAction(r, a.Route, vhRetry); err != nil {
+		if err := compileRouteAction(r, a.Route, vhRetry, vhHedge); err != nil {
 			return nil, err
 		}
 	case *routev3.Route_Redirect:
@@ -434,7 +435,7 @@ func compileRoute(pr *routev3.Route, vhRetry *routev3.RetryPolicy) (*route, erro
 	return r, nil
 }
 
-func compileRouteAction(r *route, a *routev3.RouteAction, vhRetry *routev3.RetryPolicy) error {
+func compileRouteAction(r *route, a *routev3.RouteAction, vhRetry *routev3.RetryPolicy, vhHedge *routev3.HedgePolicy) error {
 	switch c := a.GetClusterSpecifier().(type) {
 	case *routev3.RouteAction_Cluster:
 		r.action, r.cluster = actCluster, c.Cluster
@@ -503,6 +504,12 @@ func compileRouteAction(r *route, a *routev3.RouteAction, vhRetry *routev3.Retry
 	if r.retry, err = compileRetry(rp); err != nil {
 		return err
 	}
+	hp := a.GetHedgePolicy()
+	if hp == nil {
+		hp = vhHedge
+	}
+	// Hedging needs a per-try timeout to hedge on.
+	r.hedge = hp.GetHedgeOnPerTryTimeout() && r.retry != nil && r.retry.perTry > 0
 	return nil
 }
 
