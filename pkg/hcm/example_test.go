@@ -19,7 +19,7 @@ import (
 // noUpstreams is the endpoint picker for a config that never forwards.
 type noUpstreams struct{}
 
-func (noUpstreams) Pick(_ context.Context, cluster string, _ netip.AddrPort) (hcm.Endpoint, error) {
+func (noUpstreams) Pick(_ context.Context, cluster string, _ hcm.PickInput) (hcm.Endpoint, error) {
 	return hcm.Endpoint{}, fmt.Errorf("cluster %q: %w", cluster, hcm.ErrNoCluster)
 }
 

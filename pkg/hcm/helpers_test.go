@@ -44,11 +44,13 @@ func (u *staticUpstreams) set(cluster string, eps ...Endpoint) {
 	u.m[cluster] = eps
 }
 
-func (u *staticUpstreams) Pick(_ context.Context, cluster string, orig netip.AddrPort) (Endpoint, error) {
+// Pick picks round robin, or by hash modulo the endpoint count when the
+// route hashed the request.
+func (u *staticUpstreams) Pick(_ context.Context, cluster string, in PickInput) (Endpoint, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if cluster == "PassthroughCluster" {
-		return Endpoint{Addr: orig}, nil
+		return Endpoint{Addr: in.Orig}, nil
 	}
 	eps, ok := u.m[cluster]
 	if !ok {
@@ -56,6 +58,9 @@ func (u *staticUpstreams) Pick(_ context.Context, cluster string, orig netip.Add
 	}
 	if len(eps) == 0 {
 		return Endpoint{}, fmt.Errorf("cluster %q: %w", cluster, ErrNoHealthyUpstream)
+	}
+	if in.HasHash {
+		return eps[in.Hash%uint64(len(eps))], nil
 	}
 	i := u.rr[cluster] % len(eps)
 	u.rr[cluster]++

@@ -105,7 +105,7 @@ func (m *Manager) sendMirror(req *http.Request, cluster string, orig netip.AddrP
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	ep, err := m.up.Pick(ctx, cluster, orig)
+	ep, err := m.up.Pick(ctx, cluster, PickInput{Orig: orig})
 	if err != nil {
 		return
 	}

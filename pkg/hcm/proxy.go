@@ -71,6 +71,9 @@ type stream struct {
 	// takes ctx apart and gives out one only for net/http's clients.
 	out    http.Request
 	outURL url.URL
+	// hash, hasHash: the request's hash_policy key (pickInput).
+	hash    uint64
+	hasHash bool
 	// lastOnConn: the connection reached max_requests_per_connection.
 	lastOnConn bool
 	// faultGRPC is 1 + the gRPC status of a fault abort (0: none).
@@ -365,6 +368,9 @@ func (m *Manager) serve1(s *stream) {
 		return
 	}
 	cluster, wc := rt.pickCluster(r.Header)
+	if len(rt.hashes) > 0 {
+		s.hash, s.hasHash = s.requestHash(rt.hashes, path)
+	}
 	s.e.Cluster = cluster
 	if cluster == "" {
 		s.local(http.StatusServiceUnavailable, FlagNoCluster, "cluster_not_found", "")

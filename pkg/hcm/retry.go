@@ -203,12 +203,13 @@ var errPerTryTimeout = errors.New("upstream per-try timeout")
 // pickHost picks the attempt's endpoint; with previous_hosts it asks again
 // (up to host_selection_retry_max_attempts picks) for one not tried yet.
 func (s *stream) pickHost(cluster string, rp *retryPolicy, tried []netip.AddrPort) (Endpoint, error) {
-	ep, err := s.m.up.Pick(s.ctx, cluster, s.info.orig)
+	in := s.pickInput()
+	ep, err := s.m.up.Pick(s.ctx, cluster, in)
 	if err != nil || len(tried) == 0 {
 		return ep, err
 	}
 	for i := 1; i < rp.hostChoices && slices.Contains(tried, ep.Addr); i++ {
-		if ep, err = s.m.up.Pick(s.ctx, cluster, s.info.orig); err != nil {
+		if ep, err = s.m.up.Pick(s.ctx, cluster, in); err != nil {
 			return ep, err
 		}
 	}

@@ -97,6 +97,8 @@ type route struct {
 	// faults: fault filter configs by filter name (typed_per_filter_config
 	// of the route, else of its virtual host).
 	faults map[string]*faultPolicy
+	// hashes: hash_policy (consistent hashing's request key).
+	hashes []hashPolicy
 	// mirrors: request_mirror_policies (shadow traffic).
 	mirrors []mirrorPolicy
 	// include_request_attempt_count / include_attempt_count_in_response
@@ -496,6 +498,10 @@ func compileRouteAction(r *route, a *routev3.RouteAction, vhRetry *routev3.Retry
 		r.honourGrpc, r.grpcTimeoutMax = true, a.GetMaxGrpcTimeout().AsDuration() //nolint:staticcheck
 	}
 	r.mirrors = compileMirrors(a.GetRequestMirrorPolicies())
+	var herr error
+	if r.hashes, herr = compileHashPolicies(a.GetHashPolicy()); herr != nil {
+		return herr
+	}
 	rp := a.GetRetryPolicy()
 	if rp == nil {
 		rp = vhRetry

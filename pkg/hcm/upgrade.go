@@ -20,7 +20,7 @@ import (
 // a raw byte pipe, closed when both directions have been quiet for idle
 // (0: never; flag SI). Any other status is relayed as a normal response.
 func (s *stream) proxyUpgrade(cluster, host, path string, idle time.Duration) {
-	ep, err := s.m.up.Pick(s.ctx, cluster, s.info.orig)
+	ep, err := s.m.up.Pick(s.ctx, cluster, s.pickInput())
 	if err != nil {
 		s.local(http.StatusServiceUnavailable, FlagNoHealthyUpstream, "no_healthy_upstream", "no healthy upstream")
 		return

@@ -40,12 +40,21 @@ type Endpoint struct {
 // node agent's cluster state (load balancing, health, ORIGINAL_DST) and
 // consumed here.
 type Upstreams interface {
-	// Pick chooses one endpoint of cluster for a request. orig is the
-	// original destination of the downstream connection (used by
-	// ORIGINAL_DST clusters such as PassthroughCluster). Return an error
+	// Pick chooses one endpoint of cluster for a request. Return an error
 	// wrapping ErrNoCluster or ErrNoHealthyUpstream so the access log gets
 	// the right response flag (NC / UH).
-	Pick(ctx context.Context, cluster string, orig netip.AddrPort) (Endpoint, error)
+	Pick(ctx context.Context, cluster string, in PickInput) (Endpoint, error)
+}
+
+// PickInput is what endpoint selection may use about a request.
+type PickInput struct {
+	// Orig is the original destination of the downstream connection
+	// (ORIGINAL_DST clusters such as PassthroughCluster).
+	Orig netip.AddrPort
+	// Hash is the route's hash_policy result when HasHash (RING_HASH and
+	// MAGLEV clusters).
+	Hash    uint64
+	HasHash bool
 }
 
 // RouteSource resolves RDS route configuration names. Returning a new

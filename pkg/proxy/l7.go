@@ -163,7 +163,7 @@ func (r routeSource) Route(name string) *routev3.RouteConfiguration {
 // upstreams picks endpoints from the snapshot in force.
 type upstreams struct{ p *Proxy }
 
-func (u upstreams) Pick(ctx context.Context, cluster string, orig netip.AddrPort) (hcm.Endpoint, error) {
+func (u upstreams) Pick(ctx context.Context, cluster string, in hcm.PickInput) (hcm.Endpoint, error) {
 	snap := u.p.snap.Load()
 	if snap == nil {
 		return hcm.Endpoint{}, fmt.Errorf("no config: %w", hcm.ErrNoCluster)
@@ -179,7 +179,13 @@ func (u upstreams) Pick(ctx context.Context, cluster string, orig netip.AddrPort
 	if cl == nil {
 		return hcm.Endpoint{}, fmt.Errorf("cluster %q: %w", cluster, hcm.ErrNoCluster)
 	}
-	ep, err := cl.Pick(orig)
+	var ep *state.Endpoint
+	var err error
+	if in.HasHash {
+		ep, err = cl.PickHash(in.Orig, in.Hash)
+	} else {
+		ep, err = cl.Pick(in.Orig)
+	}
 	if err != nil {
 		return hcm.Endpoint{}, fmt.Errorf("cluster %q: %v: %w", cluster, err, hcm.ErrNoHealthyUpstream)
 	}

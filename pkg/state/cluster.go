@@ -64,6 +64,7 @@ type Cluster struct {
 	cum   []uint32 // cumulative weights for weighted round robin
 	total uint32
 	next  atomic.Uint32
+	ring  *hashRing // RING_HASH, MAGLEV: built at the first PickHash
 }
 
 // endpointsOf returns the EDS assignment an EDS cluster uses from set (nil
@@ -92,6 +93,19 @@ func buildCluster(c *clusterv3.Cluster, eds *resources.Assignment, issues *[]Iss
 		*issues = append(*issues, Issue{Type: "cluster", Name: c.GetName(), Reason: fmt.Sprintf(format, args...)})
 	}
 	switch out.LB {
+	case clusterv3.Cluster_RING_HASH, clusterv3.Cluster_MAGLEV:
+		out.ring = &hashRing{min: defaultMinRing, max: defaultMaxRing}
+		if rc := c.GetRingHashLbConfig(); rc != nil {
+			if v := rc.GetMinimumRingSize(); v != nil && v.GetValue() > 0 {
+				out.ring.min = v.GetValue()
+			}
+			if v := rc.GetMaximumRingSize(); v != nil && v.GetValue() > 0 {
+				out.ring.max = v.GetValue()
+			}
+		}
+		if out.ring.min > out.ring.max {
+			return nil, fmt.Errorf("ring_hash_lb_config: minimum_ring_size %d above maximum_ring_size %d", out.ring.min, out.ring.max)
+		}
 	case clusterv3.Cluster_ROUND_ROBIN, clusterv3.Cluster_LEAST_REQUEST, clusterv3.Cluster_RANDOM:
 	case clusterv3.Cluster_CLUSTER_PROVIDED:
 	default:

@@ -28,7 +28,7 @@ import (
 // benchUpstreams resolves the two bench clusters to fixed endpoints.
 type benchUpstreams struct{ http1, grpc hcm.Endpoint }
 
-func (u benchUpstreams) Pick(_ context.Context, cluster string, _ netip.AddrPort) (hcm.Endpoint, error) {
+func (u benchUpstreams) Pick(_ context.Context, cluster string, _ hcm.PickInput) (hcm.Endpoint, error) {
 	switch cluster {
 	case "http":
 		return u.http1, nil
