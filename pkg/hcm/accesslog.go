@@ -20,6 +20,7 @@ const (
 	FlagFaultInjected       = "FI"  // the fault filter aborted the request
 	FlagDelayInjected       = "DI"  // the fault filter delayed the request
 	FlagDurationTimeout     = "DT"  // max_stream_duration reached (408 or reset)
+	FlagUpstreamOverflow    = "UO"  // the cluster's circuit breaker refused the request (503)
 )
 
 // AccessLogger consumes access-log entries (pkg/accesslog's Logger and

@@ -24,6 +24,8 @@ type hedgeResult struct {
 	n      int // attempt number, 1-based
 	start  time.Time
 	cancel context.CancelCauseFunc
+	br     Breaker // the circuit breaker whose request slot the stream holds
+	retry  bool    // the attempt holds a retry slot of br
 }
 
 // hedged runs the attempts of a hedged request. It returns the winning
@@ -36,10 +38,32 @@ func (s *stream) hedged(cp *clusterPool, cluster string, rp *retryPolicy, rt *ro
 	results := make(chan hedgeResult, rp.n+1)
 	var tried []netip.AddrPort
 	inflight, launched := 0, 0
+	var br Breaker
+	reserved := false // a retry slot taken for the next launch
+	defer func() {
+		if reserved {
+			br.DoneRetry()
+		}
+	}()
 	launch := func() error {
 		ep, err := s.pickHost(cluster, rp, tried)
 		if err != nil {
-			return err
+			return &pickError{err}
+		}
+		retry := false
+		switch {
+		case launched == 0 && ep.Breaker != nil:
+			if !ep.Breaker.TryRequest() {
+				return errOverflow
+			}
+			br = ep.Breaker
+		case launched > 0 && reserved:
+			reserved, retry = false, true
+		case launched > 0 && br != nil:
+			if !br.TryRetry() {
+				return errOverflow
+			}
+			retry = true
 		}
 		tried = append(tried, ep.Addr)
 		launched++
@@ -63,7 +87,7 @@ func (s *stream) hedged(cp *clusterPool, cluster string, rp *retryPolicy, rt *ro
 		}
 		useH2 := ep.Protocol == UpstreamHTTP2 || (ep.Protocol == UseDownstreamProtocol && s.r.ProtoMajor == 2)
 		ctx, cancel := context.WithCancelCause(s.ctx)
-		res := hedgeResult{ep: ep, addr: req.URL.Host, n: launched, start: time.Now(), cancel: cancel}
+		res := hedgeResult{ep: ep, addr: req.URL.Host, n: launched, start: time.Now(), cancel: cancel, retry: retry}
 		go func() {
 			res.resp, res.err = cp.roundTrip(ctx, &req, clientFor(&req, useH2), nil)
 			results <- res
@@ -81,6 +105,9 @@ func (s *stream) hedged(cp *clusterPool, cluster string, rp *retryPolicy, rt *ro
 		go func() {
 			for range n {
 				r := <-results
+				if r.retry {
+					br.DoneRetry()
+				}
 				r.cancel(context.Canceled)
 				if r.resp != nil {
 					r.resp.Body.Close()
@@ -89,7 +116,7 @@ func (s *stream) hedged(cp *clusterPool, cluster string, rp *retryPolicy, rt *ro
 		}()
 	}
 	if err := launch(); err != nil {
-		return hedgeResult{err: &pickError{err}}
+		return hedgeResult{err: err, br: br}
 	}
 	timer := time.NewTimer(rp.perTry)
 	defer timer.Stop()
@@ -106,14 +133,26 @@ func (s *stream) hedged(cp *clusterPool, cluster string, rp *retryPolicy, rt *ro
 			}
 		case r := <-results:
 			inflight--
+			if r.retry {
+				br.DoneRetry()
+			}
 			if r.err == nil && s.ctx.Err() == nil {
 				retry := rp.retriableResponse(r.resp)
-				if !retry || ((launched > rp.n || !s.canReplay()) && inflight == 0) {
+				last := inflight == 0 && (launched > rp.n || !s.canReplay())
+				if retry && inflight == 0 && !last && br != nil {
+					// The retry must have its slot before this answer is
+					// dropped: without one, the answer stands.
+					if reserved = br.TryRetry(); !reserved {
+						last = true
+					}
+				}
+				if !retry || last {
 					if retry && launched > rp.n {
 						s.addFlag(FlagRetryLimitExceeded)
 					}
 					s.e.UpstreamHost, s.e.Attempts = r.addr, launched
 					drop()
+					r.br = br
 					return r
 				}
 				discard(r.resp)
@@ -127,6 +166,7 @@ func (s *stream) hedged(cp *clusterPool, cluster string, rp *retryPolicy, rt *ro
 			var de *dialError
 			if r.err != nil && (s.ctx.Err() != nil || !rp.retriableError(errors.As(r.err, &de), false)) {
 				s.e.UpstreamHost, s.e.Attempts = r.addr, launched
+				r.br = br
 				return r
 			}
 			if launched > rp.n || !s.canReplay() {
@@ -134,18 +174,23 @@ func (s *stream) hedged(cp *clusterPool, cluster string, rp *retryPolicy, rt *ro
 					s.addFlag(FlagRetryLimitExceeded)
 				}
 				s.e.UpstreamHost, s.e.Attempts = r.addr, launched
+				r.br = br
 				return r
 			}
 			if !s.sleep(rp.backoff(launched)) {
-				return hedgeResult{err: context.Cause(s.ctx), addr: r.addr}
+				return hedgeResult{err: context.Cause(s.ctx), addr: r.addr, br: br}
 			}
 			if err := launch(); err != nil {
-				return hedgeResult{err: &pickError{err}}
+				if errors.Is(err, errOverflow) {
+					r.br = br // no retry slot: the failure stands
+					return r
+				}
+				return hedgeResult{err: err, br: br}
 			}
 			timer.Reset(rp.perTry)
 		case <-s.ctx.Done():
 			drop()
-			return hedgeResult{err: context.Cause(s.ctx), addr: last.addr}
+			return hedgeResult{err: context.Cause(s.ctx), addr: last.addr, br: br}
 		}
 	}
 }

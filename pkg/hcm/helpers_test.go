@@ -149,13 +149,12 @@ type proxyEnv struct {
 	addr  string
 	m     *Manager
 	log   *memLog
-	up    *staticUpstreams
 	pools *Pools
 }
 
 // startProxy serves m on a loopback listener: accept, sniff, ServeConn,
 // exactly as the node agent's capture path does.
-func startProxy(t testing.TB, cfg *hcmv3.HttpConnectionManager, routes RouteSource, up *staticUpstreams, opts ...func(*Options)) *proxyEnv {
+func startProxy(t testing.TB, cfg *hcmv3.HttpConnectionManager, routes RouteSource, up Upstreams, opts ...func(*Options)) *proxyEnv {
 	t.Helper()
 	pools := NewPools(PoolOptions{})
 	log := &memLog{}
@@ -201,7 +200,7 @@ func startProxy(t testing.TB, cfg *hcmv3.HttpConnectionManager, routes RouteSour
 		wg.Wait()
 		pools.Close()
 	})
-	return &proxyEnv{addr: ln.Addr().String(), m: m, log: log, up: up, pools: pools}
+	return &proxyEnv{addr: ln.Addr().String(), m: m, log: log, pools: pools}
 }
 
 // echo is what the echo upstream reports about the request it received.

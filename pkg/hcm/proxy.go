@@ -218,6 +218,25 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	served = true
 }
 
+// overflow answers a request the cluster's circuit breaker refused.
+func (s *stream) overflow() {
+	s.local(http.StatusServiceUnavailable, FlagUpstreamOverflow, "upstream_reset_before_response_started{overflow}",
+		"upstream connect error or disconnect/reset before headers. reset reason: overflow")
+}
+
+// tryRetry takes a retry slot of the circuit breaker (none: always);
+// *held records that one is held.
+func tryRetry(br Breaker, held *bool) bool {
+	if br == nil {
+		return true
+	}
+	if br.TryRetry() {
+		*held = true
+		return true
+	}
+	return false
+}
+
 // writeHeader sends the response head; the last request a connection may
 // carry (max_requests_per_connection) asks for the connection's end:
 // "Connection: close" on HTTP/1.1, a GOAWAY from x/net on HTTP/2.
@@ -523,8 +542,14 @@ func (m *Manager) serve1(s *stream) {
 	)
 	if rt.hedge {
 		hr := s.hedged(cp, cluster, rp, rt)
+		if hr.br != nil {
+			defer hr.br.DoneRequest()
+		}
 		var pe *pickError
 		switch {
+		case errors.Is(hr.err, errOverflow):
+			s.overflow()
+			return
 		case errors.As(hr.err, &pe) && errors.Is(pe.err, ErrNoCluster):
 			s.local(http.StatusServiceUnavailable, FlagNoCluster, "cluster_not_found", "")
 			return
@@ -537,6 +562,13 @@ func (m *Manager) serve1(s *stream) {
 		}
 		resp, upStart, ptCancel = hr.resp, hr.start, hr.cancel
 	}
+	var br Breaker    // the cluster's circuit breaker, once a request slot is held
+	retrying := false // a retry slot is held for the attempt under way
+	defer func() {
+		if retrying {
+			br.DoneRetry()
+		}
+	}()
 	for attempt := 0; !rt.hedge; attempt++ { // the attempts without hedging
 		ep, err := s.pickHost(cluster, rp, tried)
 		if err != nil {
@@ -547,6 +579,14 @@ func (m *Manager) serve1(s *stream) {
 				s.local(http.StatusServiceUnavailable, FlagNoHealthyUpstream, "no_healthy_upstream", "no healthy upstream")
 			}
 			return
+		}
+		if attempt == 0 && ep.Breaker != nil {
+			if !ep.Breaker.TryRequest() {
+				s.overflow()
+				return
+			}
+			br = ep.Breaker
+			defer br.DoneRequest()
 		}
 		if rp != nil && rp.otherHosts && attempt < rp.n {
 			tried = append(tried, ep.Addr)
@@ -583,6 +623,10 @@ func (m *Manager) serve1(s *stream) {
 		upStart = time.Now()
 		resp, err = cp.roundTrip(ctx, out, client, s.rc)
 		timedOut := pt != nil && pt.finish()
+		if retrying {
+			br.DoneRetry()
+			retrying = false
+		}
 		if err == nil && (s.ctx.Err() != nil || timedOut) {
 			// A response that raced with our own timeout, the client
 			// leaving or the per-try timeout: this attempt is cut.
@@ -596,7 +640,7 @@ func (m *Manager) serve1(s *stream) {
 			if rp == nil || !rp.retriableResponse(resp) {
 				break
 			}
-			if attempt >= rp.n || !s.canReplay() || s.ctx.Err() != nil {
+			if attempt >= rp.n || !s.canReplay() || s.ctx.Err() != nil || !tryRetry(br, &retrying) {
 				if attempt >= rp.n {
 					s.addFlag(FlagRetryLimitExceeded)
 				}
@@ -620,7 +664,7 @@ func (m *Manager) serve1(s *stream) {
 		var de *dialError
 		dial := errors.As(err, &de)
 		if rp != nil && s.ctx.Err() == nil && rp.retriableError(dial, timedOut) {
-			if attempt < rp.n && s.canReplay() {
+			if attempt < rp.n && s.canReplay() && tryRetry(br, &retrying) {
 				if !s.sleep(rp.backoff(attempt + 1)) {
 					s.upstreamFailed(context.Cause(s.ctx), false)
 					return

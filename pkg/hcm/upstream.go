@@ -34,7 +34,21 @@ const (
 type Endpoint struct {
 	Addr     netip.AddrPort
 	Protocol UpstreamProtocol
+	// Breaker is its cluster's circuit breaker (nil: none).
+	Breaker Breaker
 }
+
+// Breaker is a cluster's circuit breaker: requests and retries in flight
+// to the cluster beyond its limits fail fast (UO) or are not made.
+type Breaker interface {
+	TryRequest() bool
+	DoneRequest()
+	TryRetry() bool
+	DoneRetry()
+}
+
+// errOverflow: the cluster's circuit breaker refused the request.
+var errOverflow = errors.New("upstream overflow")
 
 // Upstreams resolves clusters to endpoints. It is implemented by the
 // node agent's cluster state (load balancing, health, ORIGINAL_DST) and

@@ -139,3 +139,42 @@ func itoa(n int) string {
 	b, _ := json.Marshal(n)
 	return string(b)
 }
+
+// tcp_proxy and max_connections: a connection beyond the cluster's
+// limit is closed at once and logged with UO.
+func TestTCPMaxConnections(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "tcp.log")
+	echo := echoUpstream(t, "db")
+	tcp := tcpProxy("db")
+	tcp["typed_config"].(M)["access_log"] = []M{fileLog(logPath, "%RESPONSE_FLAGS%\n")}
+	cl := staticCluster("db", echo.addr)
+	cl["circuit_breakers"] = M{"thresholds": []M{{"max_connections": 1}}}
+	files := accesslog.NewFiles(nil)
+	t.Cleanup(func() { files.Close() })
+	snap := snapshotWith(t, []M{listener("db", "10.0.0.6:5432", chain("tcp", nil, tcp))}, []M{cl}, state.Options{AccessLogFiles: files})
+	h := startProxy(t, proxy.Options{}, snap, nil)
+
+	first := h.dial(t, "10.0.0.6:5432")
+	readGreeting(t, first)
+	expectClosed(t, h.dial(t, "10.0.0.6:5432"))
+	roundTrip(t, first, "still here\n")
+	first.Close()
+	// The slot is given back: a new connection works.
+	waitFor(t, "the slot given back", func() bool {
+		c, _, _ := snap.Clusters["db"].Breaker.InFlight()
+		return c == 0
+	})
+	again := h.dial(t, "10.0.0.6:5432")
+	readGreeting(t, again)
+	again.Close()
+	waitFor(t, "three log lines", func() bool {
+		files.Flush()
+		b, _ := os.ReadFile(logPath)
+		return strings.Count(string(b), "\n") == 3
+	})
+	b, _ := os.ReadFile(logPath)
+	if lines := strings.Split(strings.TrimSpace(string(b)), "\n"); lines[0] != "UO" || lines[1] != "-" || lines[2] != "-" {
+		t.Errorf("log %q, want UO first (the refused connection ends first), then two -", lines)
+	}
+}

@@ -196,7 +196,11 @@ func (u upstreams) Pick(ctx context.Context, cluster string, in hcm.PickInput) (
 	case state.Downstream:
 		proto = hcm.UseDownstreamProtocol
 	}
-	return hcm.Endpoint{Addr: ep.Addr, Protocol: proto}, nil
+	out := hcm.Endpoint{Addr: ep.Addr, Protocol: proto}
+	if cl.Breaker != nil {
+		out.Breaker = cl.Breaker
+	}
+	return out, nil
 }
 
 // bothLogs is the agent's own access log (proxy.access_log) and the HCM's

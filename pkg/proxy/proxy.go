@@ -310,6 +310,17 @@ func (p *Proxy) serveTCP(ctx context.Context, c net.Conn, snap *state.Snapshot, 
 			t.AccessLog.Log(&e)
 		}()
 	}
+	if cl := snap.Clusters[cluster]; cl != nil && cl.Breaker != nil {
+		if !cl.Breaker.TryConnection() {
+			// max_connections reached: refused like Envoy's tcp_proxy (UO).
+			e.Flags = "UO"
+			p.stats.UpstreamFail.Add(1)
+			p.log.Warn("upstream connection refused by the circuit breaker", zap.Stringer("src", src), zap.Stringer("dst", dst),
+				zap.String("cluster", cluster), zap.Int64("max_connections", cl.Breaker.MaxConnections))
+			return
+		}
+		defer cl.Breaker.DoneConnection()
+	}
 	up, ep, err := p.DialUpstream(ctx, snap, cluster, dst)
 	if err != nil {
 		switch {

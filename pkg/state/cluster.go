@@ -60,6 +60,8 @@ type Cluster struct {
 	ConnectTimeout time.Duration
 	LB             clusterv3.Cluster_LbPolicy
 	Endpoints      []*Endpoint
+	// Breaker holds the circuit-breaker limits and counts (never nil).
+	Breaker *Breaker
 
 	cum   []uint32 // cumulative weights for weighted round robin
 	total uint32
@@ -85,7 +87,7 @@ func endpointsOf(c *clusterv3.Cluster, set *resources.Set) *resources.Assignment
 
 // buildCluster translates c; eds is its EDS assignment (see endpointsOf).
 func buildCluster(c *clusterv3.Cluster, eds *resources.Assignment, issues *[]Issue) (*Cluster, error) {
-	out := &Cluster{Name: c.GetName(), LB: c.GetLbPolicy(), ConnectTimeout: 5 * time.Second}
+	out := &Cluster{Name: c.GetName(), LB: c.GetLbPolicy(), ConnectTimeout: 5 * time.Second, Breaker: newBreaker(c)}
 	if d := c.GetConnectTimeout(); d != nil {
 		out.ConnectTimeout = d.AsDuration()
 	}
