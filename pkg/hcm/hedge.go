@@ -136,6 +136,7 @@ func (s *stream) hedged(cp *clusterPool, cluster string, rp *retryPolicy, rt *ro
 			if r.retry {
 				br.DoneRetry()
 			}
+			s.reportHealth(r.ep, r.resp, r.err, false)
 			if r.err == nil && s.ctx.Err() == nil {
 				retry := rp.retriableResponse(r.resp)
 				last := inflight == 0 && (launched > rp.n || !s.canReplay())

@@ -218,6 +218,20 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	served = true
 }
 
+// reportHealth tells outlier detection how an attempt to ep went, unless
+// the stream itself ended it (the client left, a timeout of ours).
+func (s *stream) reportHealth(ep Endpoint, resp *http.Response, err error, perTry bool) {
+	switch {
+	case ep.Health == nil:
+	case err == nil:
+		ep.Health.Report(resp.StatusCode)
+	case perTry:
+		ep.Health.Report(http.StatusGatewayTimeout)
+	case s.ctx.Err() == nil:
+		ep.Health.Report(http.StatusServiceUnavailable)
+	}
+}
+
 // overflow answers a request the cluster's circuit breaker refused.
 func (s *stream) overflow() {
 	s.local(http.StatusServiceUnavailable, FlagUpstreamOverflow, "upstream_reset_before_response_started{overflow}",
@@ -627,6 +641,7 @@ func (m *Manager) serve1(s *stream) {
 			br.DoneRetry()
 			retrying = false
 		}
+		s.reportHealth(ep, resp, err, timedOut)
 		if err == nil && (s.ctx.Err() != nil || timedOut) {
 			// A response that raced with our own timeout, the client
 			// leaving or the per-try timeout: this attempt is cut.

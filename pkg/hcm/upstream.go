@@ -36,6 +36,16 @@ type Endpoint struct {
 	Protocol UpstreamProtocol
 	// Breaker is its cluster's circuit breaker (nil: none).
 	Breaker Breaker
+	// Health takes the outcome of each request to it, for outlier
+	// detection (nil: none).
+	Health HealthReporter
+}
+
+// HealthReporter records one upstream request's outcome: the response
+// status, or 503 for a connection that failed or was reset and 504 for a
+// per-try timeout.
+type HealthReporter interface {
+	Report(status int)
 }
 
 // Breaker is a cluster's circuit breaker: requests and retries in flight

@@ -196,7 +196,7 @@ func (u upstreams) Pick(ctx context.Context, cluster string, in hcm.PickInput) (
 	case state.Downstream:
 		proto = hcm.UseDownstreamProtocol
 	}
-	out := hcm.Endpoint{Addr: ep.Addr, Protocol: proto}
+	out := hcm.Endpoint{Addr: ep.Addr, Protocol: proto, Health: ep}
 	if cl.Breaker != nil {
 		out.Breaker = cl.Breaker
 	}

@@ -294,8 +294,12 @@ func (p *Proxy) DialUpstream(ctx context.Context, snap *state.Snapshot, cluster 
 	}
 	up, err := d.DialContext(ctx, "tcp", ep.Addr.String())
 	if err != nil {
+		if ctx.Err() == nil {
+			ep.Report(503) // outlier detection: a connect failure
+		}
 		return nil, nil, fmt.Errorf("connect to %v of cluster %s: %w", ep.Addr, cluster, err)
 	}
+	ep.Report(200)
 	return up, ep, nil
 }
 

@@ -39,6 +39,9 @@ type Endpoint struct {
 	// Active counts connections the proxy has open to it (for
 	// LEAST_REQUEST). It belongs to this snapshot's Cluster.
 	Active atomic.Int64
+
+	det    *outlierDetector // the cluster's outlier detection (nil: none)
+	health endpointHealth
 }
 
 // HTTPProtocol is the protocol the L7 proxy speaks to a cluster's endpoints.
@@ -67,6 +70,7 @@ type Cluster struct {
 	total uint32
 	next  atomic.Uint32
 	ring  *hashRing // RING_HASH, MAGLEV: built at the first PickHash
+	det   *outlierDetector
 }
 
 // endpointsOf returns the EDS assignment an EDS cluster uses from set (nil
@@ -191,6 +195,13 @@ func buildCluster(c *clusterv3.Cluster, eds *resources.Assignment, issues *[]Iss
 	if len(out.Endpoints) == 0 && c.GetType() == clusterv3.Cluster_STATIC && la == nil {
 		out.Kind = KindBlackhole
 	}
+	if d := newOutlierDetector(c, len(out.Endpoints)); d != nil {
+		d.members = out.Endpoints
+		for _, e := range out.Endpoints {
+			e.det = d
+		}
+		out.det = d
+	}
 	out.cum = make([]uint32, 0, len(out.Endpoints))
 	for _, e := range out.Endpoints {
 		out.total += e.Weight
@@ -200,8 +211,27 @@ func buildCluster(c *clusterv3.Cluster, eds *resources.Assignment, issues *[]Iss
 }
 
 // Pick chooses an endpoint for a new connection whose original destination
-// was dst.
+// was dst, passing over endpoints that outlier detection ejected (all of
+// them ejected: one is used anyway, as Envoy's panic mode does).
 func (c *Cluster) Pick(dst netip.AddrPort) (*Endpoint, error) {
+	e, err := c.pick(dst)
+	if err != nil || c.det == nil || c.det.ejected.Load() == 0 || !e.Ejected() {
+		return e, err
+	}
+	for range len(c.Endpoints) {
+		if x, _ := c.pick(dst); x != nil && !x.Ejected() {
+			return x, nil
+		}
+	}
+	for _, x := range c.Endpoints {
+		if !x.Ejected() {
+			return x, nil
+		}
+	}
+	return e, nil
+}
+
+func (c *Cluster) pick(dst netip.AddrPort) (*Endpoint, error) {
 	switch c.Kind {
 	case KindOriginalDst:
 		return &Endpoint{Addr: dst, Weight: 1}, nil

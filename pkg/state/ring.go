@@ -102,5 +102,15 @@ func (c *Cluster) PickHash(dst netip.AddrPort, hash uint64) (*Endpoint, error) {
 	if i == len(p) {
 		i = 0
 	}
-	return c.Endpoints[p[i].idx], nil
+	e := c.Endpoints[p[i].idx]
+	if c.det != nil && c.det.ejected.Load() > 0 && e.Ejected() {
+		// The next points on the ring belong to the endpoints that take
+		// over an ejected one's keys.
+		for j := 1; j < len(p); j++ {
+			if x := c.Endpoints[p[(i+j)%len(p)].idx]; !x.Ejected() {
+				return x, nil
+			}
+		}
+	}
+	return e, nil
 }
