@@ -21,6 +21,7 @@ const (
 	FlagDelayInjected       = "DI"  // the fault filter delayed the request
 	FlagDurationTimeout     = "DT"  // max_stream_duration reached (408 or reset)
 	FlagUpstreamOverflow    = "UO"  // the cluster's circuit breaker refused the request (503)
+	FlagRateLimited         = "RL"  // the local rate limit filter refused the request (429)
 )
 
 // AccessLogger consumes access-log entries (pkg/accesslog's Logger and

@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -24,7 +23,6 @@ import (
 const (
 	faultFilterName = "envoy.filters.http.fault"
 	faultTypeURL    = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
-	filterConfigURL = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 )
 
 // Headers that drive faults from the request (header_delay, header_abort).
@@ -135,48 +133,11 @@ func compileFault(f *faultv3.HTTPFault) (*faultPolicy, error) {
 // decodeFault reads an HTTPFault from a filter's typed_config or a
 // typed_per_filter_config entry (bare, or wrapped in a FilterConfig).
 func decodeFault(a *anypb.Any) (*faultPolicy, error) {
-	if a.GetTypeUrl() == filterConfigURL {
-		var fc routev3.FilterConfig
-		if err := a.UnmarshalTo(&fc); err != nil {
-			return nil, fmt.Errorf("decode FilterConfig: %w", err)
-		}
-		a = fc.GetConfig()
-	}
 	var f faultv3.HTTPFault
-	if a != nil {
-		if err := a.UnmarshalTo(&f); err != nil {
-			return nil, fmt.Errorf("decode HTTPFault: %w", err)
-		}
+	if err := unwrapFilterConfig(a, &f); err != nil {
+		return nil, err
 	}
 	return compileFault(&f)
-}
-
-// perFilterFaults compiles the HTTPFault entries of a route's or virtual
-// host's typed_per_filter_config, by filter name.
-func perFilterFaults(m map[string]*anypb.Any) (map[string]*faultPolicy, error) {
-	var out map[string]*faultPolicy
-	for name, a := range m {
-		u := a.GetTypeUrl()
-		if u == filterConfigURL {
-			var fc routev3.FilterConfig
-			if err := a.UnmarshalTo(&fc); err != nil {
-				return nil, fmt.Errorf("typed_per_filter_config %q: %w", name, err)
-			}
-			u = fc.GetConfig().GetTypeUrl()
-		}
-		if u != faultTypeURL {
-			continue
-		}
-		p, err := decodeFault(a)
-		if err != nil {
-			return nil, fmt.Errorf("typed_per_filter_config %q: %w", name, err)
-		}
-		if out == nil {
-			out = map[string]*faultPolicy{}
-		}
-		out[name] = p
-	}
-	return out, nil
 }
 
 // applies reports whether the policy's conditions hold for the request.
@@ -257,7 +218,7 @@ func (s *stream) injectFault(p *faultPolicy) bool {
 	}
 	switch {
 	case grpcCode >= 0 && s.grpc:
-		s.faultGRPC = grpcCode + 1
+		s.localGRPC = grpcCode + 1
 		s.local(http.StatusOK, FlagFaultInjected, "fault_filter_abort", body)
 	case grpcCode >= 0:
 		s.local(grpcToHTTP(grpcCode), FlagFaultInjected, "fault_filter_abort", body)

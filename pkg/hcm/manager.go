@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,6 +87,11 @@ type Manager struct {
 	// key of routes' typed_per_filter_config; fault its own config.
 	faultName string
 	fault     *faultPolicy
+	// limitName, limit: the local rate limit filter, likewise;
+	// limitFirst: it comes before the fault filter in http_filters.
+	limitName  string
+	limit      *rateLimit
+	limitFirst bool
 
 	mirrors chan struct{} // slots of shadow requests in flight (maxMirrors)
 
@@ -196,6 +202,12 @@ func New(cfg *hcmv3.HttpConnectionManager, routes RouteSource, up Upstreams, opt
 	if m.faultName, m.fault, err = faultFilterIn(fnames, fconfs); err != nil {
 		return nil, fmt.Errorf("hcm %q: %w", cfg.GetStatPrefix(), err)
 	}
+	li, ln, rl, err := rateLimitFilterIn(fnames, fconfs)
+	if err != nil {
+		return nil, fmt.Errorf("hcm %q: %w", cfg.GetStatPrefix(), err)
+	}
+	m.limitName, m.limit = ln, rl
+	m.limitFirst = li >= 0 && (m.faultName == "" || li < slices.Index(fnames, m.faultName))
 	for _, f := range cfg.GetHttpFilters() {
 		if f.GetName() != "envoy.filters.http.buffer" && !strings.HasSuffix(f.GetTypedConfig().GetTypeUrl(), "envoy.extensions.filters.http.buffer.v3.Buffer") {
 			continue

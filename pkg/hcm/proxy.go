@@ -76,8 +76,9 @@ type stream struct {
 	hasHash bool
 	// lastOnConn: the connection reached max_requests_per_connection.
 	lastOnConn bool
-	// faultGRPC is 1 + the gRPC status of a fault abort (0: none).
-	faultGRPC int
+	// localGRPC is 1 + the gRPC status a local reply gives (fault abort,
+	// rate limit; 0: derived from the HTTP status).
+	localGRPC int
 	// tried backs the hosts of a retried request's attempts.
 	tried [2]netip.AddrPort
 }
@@ -216,6 +217,17 @@ func (m *Manager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 	m.serve1(s)
 	served = true
+}
+
+// rateLimit applies the local rate limit filter's config for rt (the
+// route's, its virtual host's, or the filter's own): false when the
+// stream was answered 429.
+func (s *stream) rateLimit(rt *route) bool {
+	rl := rt.limits[s.m.limitName]
+	if rl == nil {
+		rl = s.m.limit
+	}
+	return rl == nil || s.limit(rl)
 }
 
 // reportHealth tells outlier detection how an attempt to ep went, unless
@@ -499,6 +511,10 @@ func (m *Manager) serve1(s *stream) {
 		s.proxyUpgrade(cluster, outHost, outPath, idle)
 		return
 	}
+	// The HTTP filters before the router, in their http_filters order.
+	if m.limitFirst && !s.rateLimit(rt) {
+		return
+	}
 	if m.faultName != "" {
 		fp := rt.faults[m.faultName]
 		if fp == nil {
@@ -507,6 +523,9 @@ func (m *Manager) serve1(s *stream) {
 		if fp != nil && fp.applies(cluster, r.Header, &v) && !s.injectFault(fp) {
 			return
 		}
+	}
+	if m.limitName != "" && !m.limitFirst && !s.rateLimit(rt) {
+		return
 	}
 	s.deadline = max(timeout, 0)
 	maxDur := m.maxStreamDuration
@@ -857,8 +876,8 @@ func (s *stream) local(code int, flag, details, body string) {
 		if flag == FlagUpstreamTimeout || flag == FlagDurationTimeout {
 			gs = 4 // DEADLINE_EXCEEDED: the client's own deadline and ours agree
 		}
-		if s.faultGRPC > 0 {
-			gs = s.faultGRPC - 1
+		if s.localGRPC > 0 {
+			gs = s.localGRPC - 1
 		}
 		h["Grpc-Status"] = []string{strconv.Itoa(gs)}
 		msg := body

@@ -97,6 +97,7 @@ type route struct {
 	// faults: fault filter configs by filter name (typed_per_filter_config
 	// of the route, else of its virtual host).
 	faults map[string]*faultPolicy
+	limits map[string]*rateLimit // local rate limit configs, likewise
 	// hashes: hash_policy (consistent hashing's request key).
 	hashes []hashPolicy
 	// mirrors: request_mirror_policies (shadow traffic).
@@ -191,7 +192,11 @@ func compileRoutes(rc *routev3.RouteConfiguration) (*routeTable, error) {
 		if err != nil {
 			return nil, fmt.Errorf("route config %q vhost %q: response_headers_to_add: %w", rc.GetName(), vh.name, err)
 		}
-		vhFaults, err := perFilterFaults(pvh.GetTypedPerFilterConfig())
+		vhFaults, err := perFilter(pvh.GetTypedPerFilterConfig(), faultTypeURL, decodeFault)
+		if err != nil {
+			return nil, fmt.Errorf("route config %q vhost %q: %w", rc.GetName(), vh.name, err)
+		}
+		vhLimits, err := perFilter(pvh.GetTypedPerFilterConfig(), rateLimitTypeURL, decodeRateLimit)
 		if err != nil {
 			return nil, fmt.Errorf("route config %q vhost %q: %w", rc.GetName(), vh.name, err)
 		}
@@ -203,14 +208,8 @@ func compileRoutes(rc *routev3.RouteConfiguration) (*routeTable, error) {
 				return nil, fmt.Errorf("route config %q vhost %q route %d (%q): %w", rc.GetName(), vh.name, i, pr.GetName(), err)
 			}
 			r.vhost = vh
-			for name, f := range vhFaults {
-				if _, ok := r.faults[name]; !ok {
-					if r.faults == nil {
-						r.faults = map[string]*faultPolicy{}
-					}
-					r.faults[name] = f
-				}
-			}
+			r.faults = inherit(r.faults, vhFaults)
+			r.limits = inherit(r.limits, vhLimits)
 			r.attemptsUp, r.attemptsDown = pvh.GetIncludeRequestAttemptCount(), pvh.GetIncludeAttemptCountInResponse()
 			r.reqAdd = concat(r.reqAdd, vhAdd, cfgAdd)
 			r.reqDel = concat(r.reqDel, vhDel, cfgDel)
@@ -338,7 +337,10 @@ func applyHeaderOps(h http.Header, ops []headerOp, del []string, e *accesslog.En
 func compileRoute(pr *routev3.Route, vhRetry *routev3.RetryPolicy, vhHedge *routev3.HedgePolicy) (*route, error) {
 	r := &route{name: pr.GetName(), idleTimeout: -1, maxDuration: -1}
 	var err error
-	if r.faults, err = perFilterFaults(pr.GetTypedPerFilterConfig()); err != nil {
+	if r.faults, err = perFilter(pr.GetTypedPerFilterConfig(), faultTypeURL, decodeFault); err != nil {
+		return nil, err
+	}
+	if r.limits, err = perFilter(pr.GetTypedPerFilterConfig(), rateLimitTypeURL, decodeRateLimit); err != nil {
 		return nil, err
 	}
 	m := pr.GetMatch()
