@@ -42,6 +42,7 @@ type Endpoint struct {
 
 	det    *outlierDetector // the cluster's outlier detection (nil: none)
 	health endpointHealth
+	added  time.Time // when it joined a cluster in force (slow start; zero: from the start)
 }
 
 // HTTPProtocol is the protocol the L7 proxy speaks to a cluster's endpoints.
@@ -71,6 +72,7 @@ type Cluster struct {
 	next  atomic.Uint32
 	ring  *hashRing // RING_HASH, MAGLEV: built at the first PickHash
 	det   *outlierDetector
+	slow  *slowStart // slow_start_config (nil: none)
 }
 
 // endpointsOf returns the EDS assignment an EDS cluster uses from set (nil
@@ -195,6 +197,7 @@ func buildCluster(c *clusterv3.Cluster, eds *resources.Assignment, issues *[]Iss
 	if len(out.Endpoints) == 0 && c.GetType() == clusterv3.Cluster_STATIC && la == nil {
 		out.Kind = KindBlackhole
 	}
+	out.slow = newSlowStart(c)
 	if d := newOutlierDetector(c, len(out.Endpoints)); d != nil {
 		d.members = out.Endpoints
 		for _, e := range out.Endpoints {
@@ -244,6 +247,9 @@ func (c *Cluster) pick(dst netip.AddrPort) (*Endpoint, error) {
 	}
 	if n == 1 {
 		return c.Endpoints[0], nil
+	}
+	if e, ok := c.warmPick(); ok {
+		return e, nil
 	}
 	switch c.LB {
 	case clusterv3.Cluster_RANDOM:

@@ -216,8 +216,12 @@ func Build(set *resources.Set, opts Options) (*Snapshot, error) {
 		la := endpointsOf(c, set)
 		b := prevClusters[n]
 		if b == nil || b.src != c || b.la != la {
+			prev := b
 			b = &builtCluster{src: c, la: la}
 			b.out, cerrs[i] = buildCluster(c, la, &b.issues)
+			if cerrs[i] == nil && prev != nil {
+				b.out.inheritAdded(prev.out, time.Now())
+			}
 		}
 		cbuilt[i] = b
 	})
