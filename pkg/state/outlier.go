@@ -1,6 +1,7 @@
 package state
 
 import (
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,7 +116,7 @@ func (e *Endpoint) Report(status int) {
 }
 
 func enforced(pct uint32) bool {
-	return pct >= 100 || (pct > 0 && uint32(time.Now().UnixNano()%100) < pct)
+	return pct >= 100 || (pct > 0 && rand.Uint32N(100) < pct)
 }
 
 func (d *outlierDetector) eject(e *Endpoint) {
