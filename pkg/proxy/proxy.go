@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshlet/meshlet/pkg/accesslog"
 	"github.com/meshlet/meshlet/pkg/hcm"
+	"github.com/meshlet/meshlet/pkg/health"
 	"github.com/meshlet/meshlet/pkg/sniff"
 	"github.com/meshlet/meshlet/pkg/state"
 )
@@ -76,6 +77,8 @@ type Proxy struct {
 	snap  atomic.Pointer[state.Snapshot]
 	stats Stats
 	l7    *l7
+	// health runs the active health checks of the snapshot in force.
+	health *health.Checker
 
 	wg sync.WaitGroup
 }
@@ -109,7 +112,7 @@ func New(opts Options) *Proxy {
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
-	p := &Proxy{log: opts.Log, opts: opts}
+	p := &Proxy{log: opts.Log, opts: opts, health: health.New(opts.Log.Named("health"))}
 	p.l7 = newL7(p)
 	return p
 }
@@ -119,6 +122,9 @@ func New(opts Options) *Proxy {
 func (p *Proxy) Update(s *state.Snapshot) {
 	p.snap.Store(s)
 	p.l7.retain(s)
+	for _, err := range p.health.Sync(s) {
+		p.log.Warn("active health check not run", zap.Error(err))
+	}
 }
 
 // Snapshot returns the config in force.
@@ -139,6 +145,7 @@ func (p *Proxy) Stats() StatsView {
 func (p *Proxy) Serve(ctx context.Context, lis net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { lis.Close() })
 	defer stop()
+	defer p.health.Close()
 	defer p.l7.close()
 	defer p.wg.Wait()
 	var backoff time.Duration

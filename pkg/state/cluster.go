@@ -43,6 +43,9 @@ type Endpoint struct {
 	det    *outlierDetector // the cluster's outlier detection (nil: none)
 	health endpointHealth
 	added  time.Time // when it joined a cluster in force (slow start; zero: from the start)
+	// down: active health checking found it unhealthy (pkg/health).
+	down atomic.Bool
+	cl   *Cluster
 }
 
 // HTTPProtocol is the protocol the L7 proxy speaks to a cluster's endpoints.
@@ -73,6 +76,10 @@ type Cluster struct {
 	ring  *hashRing // RING_HASH, MAGLEV: built at the first PickHash
 	det   *outlierDetector
 	slow  *slowStart // slow_start_config (nil: none)
+	// HealthChecks are the cluster's active health checks, run by
+	// pkg/health, which marks endpoints down (SetActiveHealth).
+	HealthChecks []*corev3.HealthCheck
+	down         atomic.Int64 // endpoints marked down (Pick's fast path when 0)
 }
 
 // endpointsOf returns the EDS assignment an EDS cluster uses from set (nil
@@ -198,6 +205,10 @@ func buildCluster(c *clusterv3.Cluster, eds *resources.Assignment, issues *[]Iss
 		out.Kind = KindBlackhole
 	}
 	out.slow = newSlowStart(c)
+	out.HealthChecks = c.GetHealthChecks()
+	for _, e := range out.Endpoints {
+		e.cl = out
+	}
 	if d := newOutlierDetector(c, len(out.Endpoints)); d != nil {
 		d.members = out.Endpoints
 		for _, e := range out.Endpoints {
@@ -218,7 +229,7 @@ func buildCluster(c *clusterv3.Cluster, eds *resources.Assignment, issues *[]Iss
 // them ejected: one is used anyway, as Envoy's panic mode does).
 func (c *Cluster) Pick(dst netip.AddrPort) (*Endpoint, error) {
 	e, err := c.pick(dst)
-	if err != nil || c.det == nil || c.det.ejected.Load() == 0 || !e.Ejected() {
+	if err != nil || !c.mayExclude() || !e.Ejected() {
 		return e, err
 	}
 	for range len(c.Endpoints) {
@@ -263,6 +274,25 @@ func (c *Cluster) pick(dst netip.AddrPort) (*Endpoint, error) {
 		return a, nil
 	default:
 		return c.byWeight((c.next.Add(1) - 1) % c.total), nil
+	}
+}
+
+// mayExclude: some endpoint may be ejected or down (else Pick needs no
+// check).
+func (c *Cluster) mayExclude() bool {
+	return (c.det != nil && c.det.ejected.Load() > 0) || c.down.Load() > 0
+}
+
+// SetActiveHealth records active health checking's verdict on e; an
+// unhealthy endpoint is passed over like an ejected one.
+func (e *Endpoint) SetActiveHealth(healthy bool) {
+	if e.down.Swap(!healthy) == !healthy || e.cl == nil {
+		return
+	}
+	if healthy {
+		e.cl.down.Add(-1)
+	} else {
+		e.cl.down.Add(1)
 	}
 }
 

@@ -147,8 +147,12 @@ func (d *outlierDetector) eject(e *Endpoint) {
 	d.ejected.Add(1)
 }
 
-// Ejected reports whether e is ejected now.
+// Ejected reports whether e is out of the picks now: ejected by outlier
+// detection, or found unhealthy by active health checking.
 func (e *Endpoint) Ejected() bool {
+	if e.down.Load() {
+		return true
+	}
 	u := e.health.ejectedUntil.Load()
 	return u != 0 && u > time.Now().UnixNano()
 }

@@ -103,7 +103,7 @@ func (c *Cluster) PickHash(dst netip.AddrPort, hash uint64) (*Endpoint, error) {
 		i = 0
 	}
 	e := c.Endpoints[p[i].idx]
-	if c.det != nil && c.det.ejected.Load() > 0 && e.Ejected() {
+	if c.mayExclude() && e.Ejected() {
 		// The next points on the ring belong to the endpoints that take
 		// over an ejected one's keys.
 		for j := 1; j < len(p); j++ {
