@@ -332,6 +332,9 @@ func (a *Agent) applySet(ctx context.Context, set *resources.Set) error {
 	for _, is := range snap.Issues {
 		a.log.Debug("config not fully honoured", zap.String("type", is.Type), zap.String("name", is.Name), zap.String("reason", is.Reason))
 	}
+	if err := a.proxy.Check(snap); err != nil {
+		return err
+	}
 	if err := a.apply(snap); err != nil {
 		return err
 	}

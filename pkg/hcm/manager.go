@@ -385,3 +385,30 @@ func (l *chanListener) Close() error {
 }
 
 func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+// Check reports what New would refuse in cfg (its RDS route configuration
+// is checked by CheckRoutes), so a configuration can be refused when it
+// arrives rather than at its first connection.
+func (p *Pools) Check(cfg *hcmv3.HttpConnectionManager) error {
+	m, err := New(cfg, checkRoutes{}, checkUpstreams{}, Options{Pools: p})
+	if err != nil {
+		return err
+	}
+	return m.Close()
+}
+
+// CheckRoutes compiles rc, or takes its cached compilation (the one its
+// requests will use), and returns the error that would answer them 503.
+func (p *Pools) CheckRoutes(rc *routev3.RouteConfiguration) error {
+	return p.routes.get(rc).err
+}
+
+type checkRoutes struct{}
+
+func (checkRoutes) Route(string) *routev3.RouteConfiguration { return nil }
+
+type checkUpstreams struct{}
+
+func (checkUpstreams) Pick(context.Context, string, PickInput) (Endpoint, error) {
+	return Endpoint{}, ErrNoCluster
+}

@@ -3,12 +3,15 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
@@ -32,6 +35,8 @@ type l7 struct {
 	// byChain indexes the managers by the chains of the snapshot in force,
 	// so a connection does not re-encode its HCM config to find one.
 	byChain map[*state.HTTP]*hcm.Manager
+	// checked: the HCM configs of the last snapshot that passed check.
+	checked map[*hcmv3.HttpConnectionManager]bool
 }
 
 func newL7(p *Proxy) *l7 {
@@ -221,4 +226,37 @@ func (m multiLog) Log(e *accesslog.Entry) {
 	for _, l := range m {
 		l.Log(e)
 	}
+}
+
+// check refuses a snapshot whose HTTP connection managers or route
+// configurations the L7 data plane would reject at first use (they are
+// otherwise built when a connection needs them). HCM configs checked for
+// the previous snapshot (the same messages, as the xDS client keeps
+// unchanged resources) are not checked again; route configurations are
+// compiled once per message (hcm.Pools caches them for their requests).
+func (l *l7) check(snap *state.Snapshot) error {
+	checked := make(map[*hcmv3.HttpConnectionManager]bool)
+	for _, h := range snap.HTTPChains() {
+		if checked[h.Config] {
+			continue
+		}
+		l.mu.Lock()
+		ok := l.checked[h.Config]
+		l.mu.Unlock()
+		if !ok {
+			if err := l.pools.Check(h.Config); err != nil {
+				return fmt.Errorf("http_connection_manager %q: %w", h.Config.GetStatPrefix(), err)
+			}
+		}
+		checked[h.Config] = true
+	}
+	for _, name := range slices.Sorted(maps.Keys(snap.Routes)) {
+		if err := l.pools.CheckRoutes(snap.Routes[name]); err != nil {
+			return fmt.Errorf("route configuration %q: %w", name, err)
+		}
+	}
+	l.mu.Lock()
+	l.checked = checked
+	l.mu.Unlock()
+	return nil
 }

@@ -127,6 +127,13 @@ func (p *Proxy) Update(s *state.Snapshot) {
 	}
 }
 
+// Check refuses a snapshot that Update would take but whose HTTP
+// connection managers or route configurations could not serve a request
+// (a bad regex or format string, a bad filter config): call it before
+// Update so the update is NACKed with the reason and the config in force
+// stays.
+func (p *Proxy) Check(s *state.Snapshot) error { return p.l7.check(s) }
+
 // Snapshot returns the config in force.
 func (p *Proxy) Snapshot() *state.Snapshot { return p.snap.Load() }
 
