@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -78,7 +79,9 @@ type Proxy struct {
 	stats Stats
 	l7    *l7
 	// health runs the active health checks of the snapshot in force.
-	health *health.Checker
+	health     *health.Checker
+	healthMu   sync.Mutex
+	healthMsgs string // the checks last reported as not run
 
 	wg sync.WaitGroup
 }
@@ -122,8 +125,20 @@ func New(opts Options) *Proxy {
 func (p *Proxy) Update(s *state.Snapshot) {
 	p.snap.Store(s)
 	p.l7.retain(s)
+	var msgs []string
 	for _, err := range p.health.Sync(s) {
-		p.log.Warn("active health check not run", zap.Error(err))
+		msgs = append(msgs, err.Error())
+	}
+	// Said once per change, not at every update.
+	j := strings.Join(msgs, "; ")
+	p.healthMu.Lock()
+	changed := j != p.healthMsgs
+	p.healthMsgs = j
+	p.healthMu.Unlock()
+	if changed {
+		for _, m := range msgs {
+			p.log.Warn("active health check not run", zap.String("reason", m))
+		}
 	}
 }
 
