@@ -1,0 +1,124 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshlet/meshlet/internal/privtest"
+)
+
+// governanceConfig exercises the xDS governance fields through the real
+// agent: an active TCP health check that takes a dead endpoint out, a
+// retry policy that hides a failing one (Istio's default shape), and a
+// fault the route injects.
+var governanceConfig = `capture:
+  acceleration: on
+static_resources:
+  listeners:
+  - name: gov-8090
+    address: {socket_address: {address: 0.0.0.0, port_value: 8090}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: gov
+          http_filters:
+          - name: envoy.filters.http.fault
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+          route_config:
+            name: gov
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/hc"}
+                route: {cluster: hc}
+              - match: {prefix: "/retry"}
+                route:
+                  cluster: flaky
+                  retry_policy:
+                    retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes
+                    num_retries: 2
+                    retriable_status_codes: [503]
+                    retry_host_predicate:
+                    - name: envoy.retry_host_predicates.previous_hosts
+                      typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}
+                    host_selection_retry_max_attempts: "5"
+              - match: {prefix: "/fault"}
+                route: {cluster: hc}
+                typed_per_filter_config:
+                  envoy.filters.http.fault:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                    abort: {http_status: 418, percentage: {numerator: 100}}
+  clusters:
+  - name: hc
+    type: STATIC
+    connect_timeout: 1s
+    health_checks:
+    - {timeout: 1s, interval: 0.1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}
+    load_assignment:
+      cluster_name: hc
+      endpoints: [{lb_endpoints: [
+        {endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 18401}}}},
+        {endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 18402}}}}]}]
+  - name: flaky
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: flaky
+      endpoints: [{lb_endpoints: [
+        {endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 18403}}}},
+        {endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 18404}}}}]}]
+`
+
+const govVIP = "10.96.9.1:8090"
+
+func TestL7Governance(t *testing.T) {
+	need(t, "curl")
+	m := newSandbox(t)
+	for port, code := range map[int]int{18401: 200, 18403: 503, 18404: 200} {
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(code)
+			io.WriteString(w, fmt.Sprintf("port=%d", port))
+		})}
+		go srv.Serve(m.listen(fmt.Sprintf("127.0.0.1:%d", port)))
+		t.Cleanup(func() { srv.Close() })
+	}
+	// 18402: nothing listens; its health check fails.
+	m.start(governanceConfig)
+
+	status := func(path string) (int, string) {
+		out := run(t, m.app("curl", "-sS", "--max-time", "10", "-o", "-", "-w", " %{http_code}", "http://"+govVIP+path))
+		i := strings.LastIndexByte(out, ' ')
+		var code int
+		fmt.Sscan(out[i+1:], &code)
+		return code, out[:i]
+	}
+	// The health check takes 18402 out within a few intervals: then every
+	// request reaches 18401.
+	ok := 0
+	privtest.WaitFor(t, 20*time.Second, "10 answers in a row from the healthy endpoint", func() bool {
+		if code, body := status("/hc"); code == 200 && body == "port=18401" {
+			ok++
+		} else {
+			ok = 0
+		}
+		return ok >= 10
+	})
+	// Istio's retry policy: 18403 answers 503, the retry goes to 18404.
+	for i := range 10 {
+		if code, body := status("/retry"); code != 200 || body != "port=18404" {
+			t.Fatalf("/retry %d: %d %q, want 200 from 18404", i, code, body)
+		}
+	}
+	if code, _ := status("/fault"); code != 418 {
+		t.Errorf("/fault: %d, want the injected 418", code)
+	}
+}
