@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -76,9 +77,10 @@ func TestCheckIstioFixtures(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t0 := time.Now()
 		if err := p.Check(s); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
-		t.Logf("%s: %d HTTP chains, %d route configurations checked", name, len(s.HTTPChains()), len(s.Routes))
+		t.Logf("%s: %d HTTP chains, %d route configurations checked in %v", name, len(s.HTTPChains()), len(s.Routes), time.Since(t0))
 	}
 }
