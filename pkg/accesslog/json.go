@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/meshlet/meshlet/internal/jsonstr"
 )
 
 // JSONFormat is a compiled json_format: one JSON object per entry, keys in
@@ -96,7 +97,7 @@ func (j *JSONFormat) Append(b []byte, e *Entry) []byte {
 		case f.nested != nil:
 			b = f.nested.Append(b, e)
 		case f.text != nil:
-			b = appendJSONString(b, string(f.text.Append(nil, e)))
+			b = jsonstr.Append(b, string(f.text.Append(nil, e)))
 		default:
 			var ok bool
 			if b, ok = f.one.appendJSON(b, e); !ok && j.omitEmpty {
@@ -112,51 +113,14 @@ func (j *JSONFormat) Append(b []byte, e *Entry) []byte {
 // appendJSON appends the operator's typed value; ok is false for null.
 func (g *segment) appendJSON(b []byte, e *Entry) ([]byte, bool) {
 	if g.op == opStartTime {
-		return appendJSONString(b, string(appendStrftime(nil, e.Start.UTC(), g.tf))), true
+		return jsonstr.Append(b, string(appendStrftime(nil, e.Start.UTC(), g.tf))), true
 	}
 	k, s, n := g.value(e)
 	switch k {
 	case vStr:
-		return appendJSONString(b, truncate(s, g.maxLen)), true
+		return jsonstr.Append(b, truncate(s, g.maxLen)), true
 	case vInt:
 		return strconv.AppendInt(b, n, 10), true
 	}
 	return append(b, "null"...), false
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendJSONString appends s as a JSON string; invalid UTF-8 becomes
-// U+FFFD, as encoding/json does.
-func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			switch {
-			case c == '"' || c == '\\':
-				b = append(b, '\\', c)
-			case c == '\n':
-				b = append(b, '\\', 'n')
-			case c == '\r':
-				b = append(b, '\\', 'r')
-			case c == '\t':
-				b = append(b, '\\', 't')
-			case c < 0x20 || c == '<' || c == '>' || c == '&':
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			default:
-				b = append(b, c)
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, `\ufffd`...)
-		} else {
-			b = append(b, s[i:i+size]...)
-		}
-		i += size
-	}
-	return append(b, '"')
 }

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
-	"unicode/utf8"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -24,6 +23,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshlet/meshlet/internal/jsonstr"
 	"github.com/meshlet/meshlet/pkg/resources"
 	"github.com/meshlet/meshlet/pkg/xds"
 )
@@ -141,12 +141,12 @@ func EncodeTo(w io.Writer, p *xds.Persisted) error {
 		}
 		first = false
 		tmp = append(tmp, `{"type_url":`...)
-		tmp = appendJSONString(tmp, typeURL)
+		tmp = jsonstr.Append(tmp, typeURL)
 		tmp = append(tmp, `,"name":`...)
-		tmp = appendJSONString(tmp, name)
+		tmp = jsonstr.Append(tmp, name)
 		if meta.Version != "" {
 			tmp = append(tmp, `,"version":`...)
-			tmp = appendJSONString(tmp, meta.Version)
+			tmp = jsonstr.Append(tmp, meta.Version)
 		}
 		if !meta.LastUpdated.IsZero() {
 			tmp = append(tmp, `,"last_updated":"`...)
@@ -177,44 +177,6 @@ func EncodeTo(w io.Writer, p *xds.Persisted) error {
 		return fmt.Errorf("xds store: write: %w", ew.err)
 	}
 	return nil
-}
-
-// appendJSONString appends s as a JSON string.
-func appendJSONString(b []byte, s string) []byte {
-	const hexDigits = "0123456789abcdef"
-	b = append(b, '"')
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
-			b = append(b, c)
-			i++
-			continue
-		}
-		if c < utf8.RuneSelf {
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, `\ufffd`...)
-		} else {
-			b = append(b, s[i:i+size]...)
-		}
-		i += size
-	}
-	return append(b, '"')
 }
 
 // addAll calls add for every resource of m in name order.

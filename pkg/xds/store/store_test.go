@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -199,25 +198,4 @@ func TestEncodeToStreams(t *testing.T) {
 	if _, err := Decode(bad); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("edited body: %v", err)
 	}
-}
-
-// appendJSONString writes strings that JSON decodes back unchanged (invalid
-// UTF-8 becomes U+FFFD, as with encoding/json).
-func FuzzAppendJSONString(f *testing.F) {
-	for _, s := range []string{"", "outbound|80||a.b.svc.cluster.local", "q\"b\\s\n\r\t\x00\x1f", "ünï", "\xff\xfe", "<&>"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		var got, want string
-		if err := json.Unmarshal(appendJSONString(nil, s), &got); err != nil {
-			t.Fatalf("%q: not a JSON string: %v", s, err)
-		}
-		ref, _ := json.Marshal(s)
-		if err := json.Unmarshal(ref, &want); err != nil {
-			t.Fatal(err)
-		}
-		if got != want {
-			t.Fatalf("%q decodes to %q, encoding/json's to %q", s, got, want)
-		}
-	})
 }
