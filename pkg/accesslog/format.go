@@ -424,7 +424,7 @@ func (g *segment) value(e *Entry) (valKind, string, int64) {
 		return vStr, g.lit, 0
 	case opStartTime:
 		return vStr, string(appendStrftime(nil, e.Start.UTC(), g.tf)), 0
-	case opReq:
+	case opReq, opReqNoQuery:
 		v, ok := e.reqHeader(g.lit)
 		if !ok && g.alt != "" {
 			v, ok = e.reqHeader(g.alt)
@@ -432,16 +432,7 @@ func (g *segment) value(e *Entry) (valKind, string, int64) {
 		if !ok {
 			return vNone, "", 0
 		}
-		return vStr, v, 0
-	case opReqNoQuery:
-		v, ok := e.reqHeader(g.lit)
-		if !ok && g.alt != "" {
-			v, ok = e.reqHeader(g.alt)
-		}
-		if !ok {
-			return vNone, "", 0
-		}
-		if i := strings.IndexByte(v, '?'); i >= 0 {
+		if i := strings.IndexByte(v, '?'); i >= 0 && g.op == opReqNoQuery {
 			v = v[:i]
 		}
 		return vStr, v, 0

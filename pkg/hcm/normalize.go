@@ -81,31 +81,28 @@ func unescapeSlashes(p string) (string, bool) {
 	var b strings.Builder
 	found := false
 	for i := 0; i < len(p); i++ {
+		var c byte
 		if p[i] == '%' && i+2 < len(p) {
 			switch {
 			case p[i+1] == '2' && (p[i+2] == 'F' || p[i+2] == 'f'):
-				if !found {
-					b.Grow(len(p))
-					b.WriteString(p[:i])
-					found = true
-				}
-				b.WriteByte('/')
-				i += 2
-				continue
+				c = '/'
 			case p[i+1] == '5' && (p[i+2] == 'C' || p[i+2] == 'c'):
-				if !found {
-					b.Grow(len(p))
-					b.WriteString(p[:i])
-					found = true
-				}
-				b.WriteByte('\\')
-				i += 2
-				continue
+				c = '\\'
 			}
 		}
-		if found {
-			b.WriteByte(p[i])
+		if c == 0 {
+			if found {
+				b.WriteByte(p[i])
+			}
+			continue
 		}
+		if !found {
+			b.Grow(len(p))
+			b.WriteString(p[:i])
+			found = true
+		}
+		b.WriteByte(c)
+		i += 2
 	}
 	if !found {
 		return p, false
