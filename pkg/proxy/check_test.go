@@ -1,8 +1,6 @@
 package proxy_test
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -10,8 +8,8 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/meshlet/meshlet/internal/istiofixture"
 	"github.com/meshlet/meshlet/pkg/proxy"
-	"github.com/meshlet/meshlet/pkg/resources"
 	"github.com/meshlet/meshlet/pkg/state"
 )
 
@@ -61,18 +59,8 @@ func TestCheckRefusesBadHTTPConfig(t *testing.T) {
 // route configurations all compile.
 func TestCheckIstioFixtures(t *testing.T) {
 	p := proxy.New(proxy.Options{})
-	for _, name := range []string{"istio-configdump-1.json", "istio-configdump-2.json", "istio-configdump-4-lds-only.json"} {
-		data, err := os.ReadFile(filepath.Join("../../../shared/fixtures/istio", name))
-		if os.IsNotExist(err) {
-			t.Skipf("Istio fixture %s not present", name)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		set, _, err := resources.DecodeConfigDump(data)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, name := range istiofixture.Dumps {
+		set := istiofixture.Set(t, name)
 		s, err := state.Build(set, state.Options{})
 		if err != nil {
 			t.Fatal(err)

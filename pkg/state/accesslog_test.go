@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshlet/meshlet/internal/istiofixture"
 	"github.com/meshlet/meshlet/pkg/accesslog"
-	"github.com/meshlet/meshlet/pkg/resources"
 )
 
 // tcpWithLog is a tcp_proxy chain whose access_log entry is log (YAML,
@@ -80,19 +80,9 @@ func TestAccessLogConfig(t *testing.T) {
 // with their access logs bound: Istio's formats and filters compile, and
 // the HCM and tcp_proxy chains that name a log get one.
 func TestAccessLogIstioFixtures(t *testing.T) {
-	for _, name := range []string{"istio-configdump-1.json", "istio-configdump-2.json", "istio-configdump-4-lds-only.json"} {
+	for _, name := range istiofixture.Dumps {
 		t.Run(name, func(t *testing.T) {
-			data, err := os.ReadFile(filepath.Join("../../../shared/fixtures/istio", name))
-			if os.IsNotExist(err) {
-				t.Skipf("Istio fixture %s not present", name)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			set, _, err := resources.DecodeConfigDump(data)
-			if err != nil {
-				t.Fatal(err)
-			}
+			set := istiofixture.Set(t, name)
 			files := accesslog.NewFiles(nil)
 			defer files.Close()
 			s, err := Build(set, Options{AccessLogFiles: files})
