@@ -17,7 +17,8 @@ import (
 // eject more than max_ejection_percent of the cluster. Consecutive 5xx
 // (connect failures and resets count as 503) and consecutive gateway
 // failures (502, 503, 504) are detected; the success-rate and
-// failure-percentage algorithms are not.
+// failure-percentage algorithms are not. Each interval an endpoint spends
+// back in the picks takes one off its ejection multiplier.
 
 // Envoy's defaults.
 const (
@@ -25,12 +26,13 @@ const (
 	defaultBaseEjection    = 30 * time.Second
 	defaultMaxEjection     = 300 * time.Second
 	defaultMaxEjectPercent = 10
+	defaultInterval        = 10 * time.Second
 )
 
 type outlierDetector struct {
 	consec5xx, consecGateway   int64 // thresholds (0: off)
 	enforce5xx, enforceGateway uint32
-	base, maxTime              time.Duration
+	base, maxTime, interval    time.Duration
 	maxPercent                 int
 
 	mu      sync.Mutex
@@ -45,7 +47,11 @@ func newOutlierDetector(c *clusterv3.Cluster, n int) *outlierDetector {
 		return nil
 	}
 	d := &outlierDetector{consec5xx: defaultConsecutive5xx, enforce5xx: 100, enforceGateway: 0,
-		consecGateway: 5, base: defaultBaseEjection, maxTime: defaultMaxEjection, maxPercent: defaultMaxEjectPercent, total: n}
+		consecGateway: 5, base: defaultBaseEjection, maxTime: defaultMaxEjection, interval: defaultInterval,
+		maxPercent: defaultMaxEjectPercent, total: n}
+	if v := od.GetInterval(); v != nil && v.AsDuration() > 0 {
+		d.interval = v.AsDuration()
+	}
 	if v := od.GetConsecutive_5Xx(); v != nil {
 		d.consec5xx = int64(v.GetValue())
 	}
@@ -135,6 +141,12 @@ func (d *outlierDetector) eject(e *Endpoint) {
 	}
 	if d.total == 0 || out*100/d.total >= d.maxPercent {
 		return // max_ejection_percent reached
+	}
+	// Each interval spent back in the picks since the last ejection
+	// takes one off the multiplier, as in Envoy.
+	if last := e.health.ejectedUntil.Load(); last != 0 {
+		back := int(now.Sub(time.Unix(0, last)) / d.interval)
+		e.health.ejections = max(0, e.health.ejections-back)
 	}
 	e.health.ejections++
 	dur := time.Duration(e.health.ejections) * d.base

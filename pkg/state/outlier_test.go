@@ -78,3 +78,36 @@ func TestOutlierDetection(t *testing.T) {
 		t.Error("ejected without outlier_detection")
 	}
 }
+
+// Each interval back in the picks takes one off the ejection multiplier.
+func TestOutlierMultiplierDecays(t *testing.T) {
+	y := "static_resources:\n  clusters:" + static("c", "10.0.0.1:80", "10.0.0.2:80") +
+		"\n    outlier_detection: {consecutive_5xx: 1, base_ejection_time: 0.05s, interval: 10s, max_ejection_percent: 100}"
+	s, err := Build(mustSet(t, y), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := s.Clusters["c"].Endpoints[0]
+	back := func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for e.Ejected() {
+			if time.Now().After(deadline) {
+				t.Fatal("never returned")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	e.Report(503)
+	back()
+	e.Report(503) // right after coming back: no interval passed
+	if e.health.ejections != 2 {
+		t.Fatalf("second ejection: multiplier %d, want 2", e.health.ejections)
+	}
+	back()
+	// As if it had been back for 2.5 intervals (10 s each).
+	e.health.ejectedUntil.Store(time.Now().Add(-25 * time.Second).UnixNano())
+	e.Report(503)
+	if e.health.ejections != 1 {
+		t.Errorf("after two intervals back: multiplier %d, want 2 - 2 + 1", e.health.ejections)
+	}
+}
