@@ -74,6 +74,10 @@ type stream struct {
 	// hash, hasHash: the request's hash_policy key (pickInput).
 	hash    uint64
 	hasHash bool
+	// rlHeaders: the local rate limit's x-ratelimit headers go on the
+	// response (rlLimit, rlLeft, rlReset).
+	rlHeaders                bool
+	rlLimit, rlLeft, rlReset int64
 	// lastOnConn: the connection reached max_requests_per_connection.
 	lastOnConn bool
 	// localGRPC is 1 + the gRPC status a local reply gives (fault abort,
@@ -267,6 +271,9 @@ func tryRetry(br Breaker, held *bool) bool {
 // carry (max_requests_per_connection) asks for the connection's end:
 // "Connection: close" on HTTP/1.1, a GOAWAY from x/net on HTTP/2.
 func (s *stream) writeHeader(code int) {
+	if s.rlHeaders {
+		s.addRateLimitHeaders(s.w.Header())
+	}
 	if s.lastOnConn {
 		if fw, ok := s.w.(*fastRW); ok {
 			fw.closeAfter = true

@@ -102,6 +102,10 @@ func (s *stream) limit(rl *rateLimit) bool {
 	}
 	ok, left, reset := rl.bucket.take()
 	if ok {
+		if rl.xHeaders {
+			// The answer, whoever gives it, says what is left.
+			s.rlHeaders, s.rlLimit, s.rlLeft, s.rlReset = true, rl.bucket.max, left, resetSeconds(reset)
+		}
 		return true
 	}
 	if !rl.enforced.draw() {
@@ -110,12 +114,10 @@ func (s *stream) limit(rl *rateLimit) bool {
 	}
 	h := s.w.Header()
 	if rl.xHeaders {
-		h["X-Ratelimit-Limit"] = []string{strconv.FormatInt(rl.bucket.max, 10)}
-		h["X-Ratelimit-Remaining"] = []string{strconv.FormatInt(left, 10)}
-		h["X-Ratelimit-Reset"] = []string{strconv.FormatInt(int64((reset+time.Second-1)/time.Second), 10)}
+		s.rlHeaders, s.rlLimit, s.rlLeft, s.rlReset = true, rl.bucket.max, left, resetSeconds(reset)
 	}
 	if rl.retryAfter {
-		h["Retry-After"] = []string{strconv.FormatInt(int64((reset+time.Second-1)/time.Second), 10)}
+		h["Retry-After"] = []string{strconv.FormatInt(resetSeconds(reset), 10)}
 	}
 	s.e.Code = rl.status
 	applyHeaderOps(h, rl.respAdd, nil, &s.e)
@@ -146,4 +148,15 @@ func rateLimitFilterIn(names []string, configs []*anypb.Any) (int, string, *rate
 		return i, n, rl, nil
 	}
 	return -1, "", nil, nil
+}
+
+// resetSeconds rounds a wait up to whole seconds.
+func resetSeconds(d time.Duration) int64 { return int64((d + time.Second - 1) / time.Second) }
+
+// addRateLimitHeaders adds the draft x-ratelimit headers the local rate
+// limit asked for (enable_x_ratelimit_headers) to the response head.
+func (s *stream) addRateLimitHeaders(h http.Header) {
+	h["X-Ratelimit-Limit"] = []string{strconv.FormatInt(s.rlLimit, 10)}
+	h["X-Ratelimit-Remaining"] = []string{strconv.FormatInt(s.rlLeft, 10)}
+	h["X-Ratelimit-Reset"] = []string{strconv.FormatInt(s.rlReset, 10)}
 }

@@ -1,6 +1,7 @@
 package hcm
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -40,8 +41,13 @@ func TestLocalRateLimit(t *testing.T) {
 		return resp, string(b)
 	}
 	for i := range 2 {
-		if resp, b := get1("/"); resp.StatusCode != 200 {
+		resp, b := get1("/")
+		if resp.StatusCode != 200 {
 			t.Fatalf("request %d within the bucket: %d %s", i, resp.StatusCode, b)
+		}
+		// Allowed answers say what is left too.
+		if got := resp.Header.Get("X-Ratelimit-Remaining"); got != fmt.Sprint(1-i) || resp.Header.Get("X-Ratelimit-Limit") != "2" {
+			t.Errorf("request %d: x-ratelimit-remaining %q limit %q", i, got, resp.Header.Get("X-Ratelimit-Limit"))
 		}
 	}
 	resp, b := get1("/")
