@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/meshlet/meshlet/internal/istiofixture"
 	"github.com/meshlet/meshlet/pkg/resources"
 	"github.com/meshlet/meshlet/pkg/state"
 	"github.com/meshlet/meshlet/pkg/xds"
@@ -53,14 +53,7 @@ func TestReady(t *testing.T) {
 }
 
 func TestConfigDumpShapeAndRoundTrip(t *testing.T) {
-	data, err := os.ReadFile("../../../shared/fixtures/istio/istio-configdump-2.json")
-	if os.IsNotExist(err) {
-		t.Skip("Istio fixture 2 not available")
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, _, err := resources.DecodeConfigDump(data)
+	set, _, err := resources.DecodeConfigDump(istiofixture.Read(t, "istio-configdump-2.json"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 
 // fixtureDir holds the Istio config dumps shared by the project (see
 // /work/shared/fixtures/istio/SOURCES.md).
+// internal/istiofixture cannot serve this package (it decodes with it).
 const fixtureDir = "../../../shared/fixtures/istio"
 
 func readFixture(t testing.TB, name string) []byte {

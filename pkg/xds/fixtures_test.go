@@ -3,7 +3,6 @@ package xds_test
 import (
 	"context"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -13,21 +12,13 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshlet/meshlet/internal/istiofixture"
 	"github.com/meshlet/meshlet/pkg/resources"
 	"github.com/meshlet/meshlet/pkg/xds"
 	"github.com/meshlet/meshlet/pkg/xds/server"
 )
 
-const fixtureDir = "../../../shared/fixtures/istio"
-
-func fixturePath(t *testing.T, name string) string {
-	t.Helper()
-	p := filepath.Join(fixtureDir, name)
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("Istio fixture %s not available at %s: %v", name, fixtureDir, err)
-	}
-	return p
-}
+func fixturePath(t *testing.T, name string) string { return istiofixture.Path(t, name) }
 
 // containsAll reports the first resource of want missing from (or different
 // in) got.

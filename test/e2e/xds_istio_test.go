@@ -29,15 +29,11 @@ import (
 	"golang.org/x/net/http2"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/meshlet/meshlet/internal/privtest"
+	"github.com/meshlet/meshlet/internal/istiofixture"
 	"github.com/meshlet/meshlet/pkg/admin"
 	"github.com/meshlet/meshlet/pkg/resources"
 	"github.com/meshlet/meshlet/pkg/state"
 )
-
-// istioFixtures is where the Istio sidecar config dumps live, relative to
-// this package (the repository's sibling "shared" folder).
-const istioFixtures = "../../../shared/fixtures/istio"
 
 // istioSample bounds the meshed TCP connections, and separately the HTTP
 // requests, made per fixture.
@@ -68,14 +64,7 @@ func TestXDSIstioConfigDump(t *testing.T) {
 	for _, tc := range cases {
 		name := tc.file
 		t.Run(tc.name, func(t *testing.T) {
-			path := filepath.Join(istioFixtures, name)
-			data, err := os.ReadFile(path)
-			if err != nil {
-				if os.Getenv("CI") == "true" || privtest.Required() {
-					t.Fatalf("Istio fixture missing: %v", err)
-				}
-				t.Skipf("Istio fixture %s not available (%v): the fixtures live in /work/shared/fixtures/istio", path, err)
-			}
+			data := istiofixture.Read(t, name)
 			if tc.mutate != nil {
 				data = tc.mutate(t, data)
 			}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshlet/meshlet/internal/istiofixture"
 	"github.com/meshlet/meshlet/pkg/resources"
 )
 
@@ -69,7 +70,7 @@ func TestPreEncodedServesTheSameBytes(t *testing.T) {
 	}
 	sets = append(sets, set)
 	// Real Istio output, when the shared fixtures are at hand.
-	dumps, _ := filepath.Glob("../../../../shared/fixtures/istio/*.json")
+	dumps, _ := filepath.Glob(filepath.Join(istiofixture.Dir(), "*.json"))
 	for _, f := range dumps {
 		data, err := os.ReadFile(f)
 		if err != nil {
