@@ -539,6 +539,17 @@ func (a *Agent) adminHandler() http.Handler {
 		a.log.Info("acceleration switched", zap.String("acceleration", a.mode.Acceleration))
 		fmt.Fprintln(w, "acceleration", a.mode.Acceleration)
 	})
+	// Envoy's /clusters: limits, in-flight counts and each endpoint's
+	// health (active health checks, outlier ejections).
+	mux.HandleFunc("GET /clusters", func(w http.ResponseWriter, r *http.Request) {
+		snap := a.proxy.Snapshot()
+		if snap == nil {
+			http.Error(w, "no config yet", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_ = snap.WriteClusters(w)
+	})
 	// Envoy's /reopen_logs: after logrotate moved the access-log files,
 	// write to new ones at the same paths.
 	mux.HandleFunc("POST /reopen_logs", func(w http.ResponseWriter, r *http.Request) {

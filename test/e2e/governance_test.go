@@ -112,6 +112,18 @@ func TestL7Governance(t *testing.T) {
 		}
 		return ok >= 10
 	})
+	// The admin endpoint's /clusters says why (Envoy's format).
+	resp, err := m.http.Get("http://127.0.0.1:15000/clusters")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dump, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"hc::127.0.0.1:18402::health_flags::/failed_active_hc\n", "hc::127.0.0.1:18401::health_flags::healthy\n"} {
+		if !strings.Contains(string(dump), want) {
+			t.Errorf("/clusters lacks %q:\n%s", want, dump)
+		}
+	}
 	// Istio's retry policy: 18403 answers 503, the retry goes to 18404.
 	for i := range 10 {
 		if code, body := status("/retry"); code != 200 || body != "port=18404" {
