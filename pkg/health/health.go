@@ -15,6 +15,9 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshlet/meshlet/pkg/state"
@@ -29,6 +32,7 @@ type check struct {
 	receive                   [][]byte
 	path, host                string
 	expected                  [][2]int64 // [start, end)
+	service, authority        string     // gRPC
 }
 
 func compile(hc *corev3.HealthCheck, cluster string) (*check, error) {
@@ -78,6 +82,11 @@ func compile(hc *corev3.HealthCheck, cluster string) (*check, error) {
 		if len(c.expected) == 0 {
 			c.expected = [][2]int64{{200, 201}}
 		}
+	case *corev3.HealthCheck_GrpcHealthCheck_:
+		c.kind, c.service, c.authority = "grpc", x.GrpcHealthCheck.GetServiceName(), x.GrpcHealthCheck.GetAuthority()
+		if c.authority == "" {
+			c.authority = cluster
+		}
 	default:
 		return nil, fmt.Errorf("health checker %T is not implemented", x)
 	}
@@ -96,6 +105,9 @@ type probe struct {
 	oks     int
 	cancel  context.CancelFunc
 	done    chan struct{}
+	// grpcConn is the gRPC check's connection, kept across checks (Envoy
+	// reuses it too); only the probe's goroutine uses it.
+	grpcConn *grpc.ClientConn
 }
 
 func (p *probe) setTargets(eps []*state.Endpoint) {
@@ -132,6 +144,11 @@ func (p *probe) record(ok bool) (changed, healthy bool) {
 
 func (p *probe) run(ctx context.Context, log *zap.Logger) {
 	defer close(p.done)
+	defer func() {
+		if p.grpcConn != nil {
+			p.grpcConn.Close()
+		}
+	}()
 	t := time.NewTimer(p.c.interval / 10) // a first check soon after start
 	defer t.Stop()
 	for {
@@ -160,6 +177,9 @@ func (p *probe) run(ctx context.Context, log *zap.Logger) {
 func (p *probe) once(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, p.c.timeout)
 	defer cancel()
+	if p.c.kind == "grpc" {
+		return p.grpcCheck(ctx)
+	}
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", p.addr.String())
 	if err != nil {
@@ -304,4 +324,24 @@ func (ch *Checker) Close() {
 		<-p.done
 		delete(ch.probes, k)
 	}
+}
+
+// grpcCheck asks the endpoint's grpc.health.v1 service: SERVING passes.
+func (p *probe) grpcCheck(ctx context.Context) error {
+	if p.grpcConn == nil {
+		cc, err := grpc.NewClient(p.addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithAuthority(p.c.authority))
+		if err != nil {
+			return err
+		}
+		p.grpcConn = cc
+	}
+	resp, err := healthpb.NewHealthClient(p.grpcConn).Check(ctx, &healthpb.HealthCheckRequest{Service: p.c.service})
+	if err != nil {
+		return err
+	}
+	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("gRPC health: %v", resp.GetStatus())
+	}
+	return nil
 }

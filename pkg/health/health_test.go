@@ -10,6 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	grpchealth "google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"github.com/meshlet/meshlet/pkg/health"
 	"github.com/meshlet/meshlet/pkg/resources"
 	"github.com/meshlet/meshlet/pkg/state"
@@ -143,8 +147,35 @@ func TestHTTPHealthCheck(t *testing.T) {
 	waitFor(t, "200s bring it back", func() bool { return !e.Ejected() })
 
 	// Unsupported checkers are reported, not run.
-	grpc := build(t, `{"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1, "grpc_health_check": {}}`, "", addr)
-	if errs := ch.Sync(grpc); len(errs) != 1 || !strings.Contains(errs[0].Error(), "not implemented") {
-		t.Errorf("gRPC health check: %v", errs)
+	custom := build(t, `{"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+	  "custom_health_check": {"name": "x", "typed_config": {"@type": "type.googleapis.com/google.protobuf.Empty"}}}`, "", addr)
+	if errs := ch.Sync(custom); len(errs) != 1 || !strings.Contains(errs[0].Error(), "not implemented") {
+		t.Errorf("custom health check: %v", errs)
 	}
+}
+
+// gRPC health checking (grpc.health.v1 Check of service_name): SERVING
+// passes, anything else fails.
+func TestGRPCHealthCheck(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	hs := grpchealth.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	go srv.Serve(ln)
+	defer srv.Stop()
+	hs.SetServingStatus("reviews", healthpb.HealthCheckResponse_NOT_SERVING)
+	snap := build(t, `{"timeout": "1s", "interval": "0.05s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+	  "grpc_health_check": {"service_name": "reviews"}}`, "", ln.Addr().(*net.TCPAddr).AddrPort(), freePort(t))
+	ch := health.New(nil)
+	defer ch.Close()
+	if errs := ch.Sync(snap); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	e := snap.Clusters["c"].Endpoints[0]
+	waitFor(t, "NOT_SERVING marks it down", e.Ejected)
+	hs.SetServingStatus("reviews", healthpb.HealthCheckResponse_SERVING)
+	waitFor(t, "SERVING brings it back", func() bool { return !e.Ejected() })
 }
