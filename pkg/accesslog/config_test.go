@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -278,4 +279,58 @@ func TestFilesReopen(t *testing.T) {
 	if string(old) != "200\n201\n" || string(cur) != "202\n" {
 		t.Errorf("rotated file %q, new file %q", old, cur)
 	}
+}
+
+// A file no Logger can use any more is flushed and closed; a path bound
+// again later is opened again.
+func TestFilesCloseUnused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "a.log")
+	f, _ := ParseText("%RESPONSE_CODE%\n")
+	fs := NewFiles(nil)
+	defer fs.Close()
+	bind := func() *Logger {
+		g, err := fs.Bind([]*Log{{Name: "a", Path: path, Format: f}, {Name: "b", Path: Stdout, Format: f}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	keep := bind()
+	func() {
+		g := bind()
+		g.Log(&Entry{Code: 201})
+	}()
+	open := func() int {
+		fs.mu.Lock()
+		defer fs.mu.Unlock()
+		return len(fs.files)
+	}
+	// One of two Loggers gone: the file stays.
+	runtime.GC()
+	keep.Log(&Entry{Code: 202})
+	if open() != 2 {
+		t.Fatalf("%d files open with a Logger still bound, want 2", open())
+	}
+	runtime.KeepAlive(keep)
+	keep = nil
+	deadline := time.Now().Add(10 * time.Second)
+	for open() != 0 { // stdout's writer goes too (flushed; the stream itself stays open)
+		if time.Now().After(deadline) {
+			t.Fatalf("%d files open after the last Logger went, want 0", open())
+		}
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "201\n202\n" {
+		t.Errorf("closed file holds %q, want both lines flushed", b)
+	}
+	g := bind()
+	g.Log(&Entry{Code: 203})
+	if err := fs.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "201\n202\n203\n" {
+		t.Errorf("reopened file holds %q", b)
+	}
+	runtime.KeepAlive(g)
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -18,7 +19,8 @@ const flushSize = 64 << 10 // write at once when the buffer holds this much
 
 // Files owns the writers of the file, stdout and stderr loggers: one
 // buffered writer per path, shared by every Logger bound to it, flushed
-// within FlushInterval of a line being written and on Flush and Close.
+// within FlushInterval of a line being written and on Flush and Close, and
+// flushed and closed once no Logger bound to it is reachable any more.
 // Safe for concurrent use.
 type Files struct {
 	// FlushInterval overrides DefaultFlushInterval when > 0; set it before
@@ -42,6 +44,7 @@ type file struct {
 	path   string
 	f      *os.File
 	own    bool // opened here (closed by Close)
+	refs   int  // Loggers bound to it (under Files.mu)
 	every  time.Duration
 	log    *zap.Logger
 	mu     sync.Mutex
@@ -57,6 +60,7 @@ func (fs *Files) open(path string) (*file, error) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if f := fs.files[path]; f != nil {
+		f.refs++
 		return f, nil
 	}
 	every := fs.FlushInterval
@@ -76,6 +80,7 @@ func (fs *Files) open(path string) (*file, error) {
 		}
 		f.f, f.own = of, true
 	}
+	f.refs = 1
 	fs.files[path] = f
 	return f, nil
 }
@@ -88,14 +93,42 @@ func (fs *Files) Bind(logs []*Log) (*Logger, error) {
 		return nil, nil
 	}
 	g := &Logger{}
+	var files []*file
 	for _, l := range logs {
 		f, err := fs.open(l.Path)
 		if err != nil {
+			fs.release(files)
 			return nil, fmt.Errorf("access log %s: %w", l.Name, err)
 		}
 		g.items = append(g.items, bound{l: l, f: f})
+		files = append(files, f)
 	}
+	// A file stays open while a Logger bound to it can still be used (a
+	// connection of an older snapshot may log): it is flushed and closed
+	// once the last such Logger is garbage.
+	runtime.AddCleanup(g, fs.release, files)
 	return g, nil
+}
+
+// release drops one reference to each of files, closing those no Logger
+// uses any more (standard streams stay open).
+func (fs *Files) release(files []*file) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	for _, f := range files {
+		f.refs--
+		if f.refs > 0 || fs.files[f.path] != f {
+			continue
+		}
+		delete(fs.files, f.path)
+		f.mu.Lock()
+		_ = f.flushLocked()
+		f.closed = true
+		if f.own {
+			_ = f.f.Close()
+		}
+		f.mu.Unlock()
+	}
 }
 
 // Flush writes out every buffered line.
