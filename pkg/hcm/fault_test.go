@@ -103,16 +103,7 @@ func TestFaultGRPCAbort(t *testing.T) {
 	up := newUpstreams()
 	up.set("c", Endpoint{Addr: startEcho(t, "c"), Protocol: UpstreamHTTP2})
 	p := startProxy(t, mustHCM(t, faultHCM(`"abort": {"grpc_status": 14, "percentage": {"numerator": 100}}`, "")), nil, up)
-	tr := h2cTransport()
-	defer tr.CloseIdleConnections()
-	req, _ := http.NewRequest("POST", "http://"+p.addr+"/ratings.Svc/Get", strings.NewReader("\x00\x00\x00\x00\x00"))
-	req.Header.Set("Content-Type", "application/grpc")
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.ReadAll(resp.Body)
-	resp.Body.Close()
+	resp := grpcCall(t, p.addr, "/ratings.Svc/Get")
 	if resp.StatusCode != 200 || resp.Header.Get("Grpc-Status") != "14" {
 		t.Errorf("status %d grpc-status %q, want 200 and 14", resp.StatusCode, resp.Header.Get("Grpc-Status"))
 	}

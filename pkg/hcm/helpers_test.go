@@ -357,3 +357,25 @@ func runTool(t testing.TB, timeout time.Duration, name string, args ...string) [
 	}
 	return out.Bytes()
 }
+
+// grpcCall makes a gRPC-shaped unary call (one empty message, a body of
+// unknown length) over h2c to path and returns the response, read to its
+// end (trailers included).
+func grpcCall(t testing.TB, addr, path string) *http.Response {
+	t.Helper()
+	tr := h2cTransport()
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequest("POST", "http://"+addr+path, io.MultiReader(strings.NewReader("\x00\x00\x00\x00\x00")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Te", "trailers")
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("gRPC call %s: %v", path, err)
+	}
+	_, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp
+}

@@ -2,7 +2,6 @@ package hcm
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -85,25 +84,8 @@ func TestLocalRateLimitShadowAndGRPC(t *testing.T) {
 			t.Errorf("request %d: x-would-limit %q", i, got)
 		}
 	}
-	tr := h2cTransport()
-	defer tr.CloseIdleConnections()
-	call := func() (*http.Response, error) {
-		req, _ := http.NewRequest("POST", "http://"+p.addr+"/big.Svc/Call", strings.NewReader("\x00\x00\x00\x00\x00"))
-		req.Header.Set("Content-Type", "application/grpc")
-		resp, err := tr.RoundTrip(req)
-		if err == nil {
-			io.ReadAll(resp.Body)
-			resp.Body.Close()
-		}
-		return resp, err
-	}
-	if _, err := call(); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := call()
-	if err != nil {
-		t.Fatal(err)
-	}
+	grpcCall(t, p.addr, "/big.Svc/Call")
+	resp := grpcCall(t, p.addr, "/big.Svc/Call")
 	if resp.StatusCode != 200 || resp.Header.Get("Grpc-Status") != "8" {
 		t.Errorf("limited gRPC call: %d grpc-status %q, want 200 and 8 (RESOURCE_EXHAUSTED)", resp.StatusCode, resp.Header.Get("Grpc-Status"))
 	}

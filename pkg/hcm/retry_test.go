@@ -138,17 +138,7 @@ func TestRetryGRPCUnavailable(t *testing.T) {
 		w.Header().Set("Grpc-Status", "0")
 	})), Protocol: UpstreamHTTP2})
 	p := startProxy(t, mustHCM(t, retryHCM(`{"retry_on": "unavailable", "num_retries": 1, "retry_back_off": {"base_interval": "0.001s"}}`)), nil, up)
-	tr := h2cTransport()
-	defer tr.CloseIdleConnections()
-	req, _ := http.NewRequest("POST", "http://"+p.addr+"/svc/Method", io.MultiReader(strings.NewReader("\x00\x00\x00\x00\x00")))
-	req.Header.Set("Content-Type", "application/grpc")
-	req.Header.Set("Te", "trailers")
-	resp, err := tr.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.ReadAll(resp.Body)
-	resp.Body.Close()
+	resp := grpcCall(t, p.addr, "/svc/Method")
 	if got := resp.Trailer.Get("Grpc-Status"); got != "0" || n.Load() != 2 {
 		t.Errorf("grpc-status %q after %d upstream calls, want 0 after 2", got, n.Load())
 	}
