@@ -3,13 +3,12 @@ package accesslog
 import (
 	"fmt"
 	"hash/fnv"
-	"math/rand/v2"
 	"strings"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	datav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
-	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 
+	"github.com/meshlet/meshlet/internal/fraction"
 	"github.com/meshlet/meshlet/pkg/match"
 )
 
@@ -176,28 +175,15 @@ func comparison(c *accesslogv3.ComparisonFilter, what string) (func(int64) bool,
 // (the same decision for a request on every node) unless
 // use_independent_randomness or the request has none.
 func runtimeFilter(r *accesslogv3.RuntimeFilter) Filter {
-	num := uint64(r.GetPercentSampled().GetNumerator())
-	den := uint64(100)
-	switch r.GetPercentSampled().GetDenominator() {
-	case typev3.FractionalPercent_TEN_THOUSAND:
-		den = 10_000
-	case typev3.FractionalPercent_MILLION:
-		den = 1_000_000
-	}
+	pct := fraction.FromProto(r.GetPercentSampled())
 	indep := r.GetUseIndependentRandomness()
 	return filterFunc(func(e *Entry) bool {
-		if num >= den {
-			return true
+		if e.RequestID == "" || indep {
+			return pct.Draw()
 		}
-		var x uint64
-		if e.RequestID != "" && !indep {
-			h := fnv.New64a()
-			h.Write([]byte(e.RequestID))
-			x = h.Sum64()
-		} else {
-			x = rand.Uint64()
-		}
-		return x%den < num
+		h := fnv.New64a()
+		h.Write([]byte(e.RequestID))
+		return pct.Pick(h.Sum64())
 	})
 }
 

@@ -2,16 +2,15 @@ package hcm
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"sync/atomic"
 	"time"
 
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
-	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/meshlet/meshlet/internal/fraction"
 	"github.com/meshlet/meshlet/pkg/match"
 )
 
@@ -35,46 +34,28 @@ const (
 	hdrDownstreamService = "X-Envoy-Downstream-Service-Node"
 )
 
-// percent is a FractionalPercent: num out of den.
-type percent struct{ num, den uint64 }
-
-func compilePercent(p *typev3.FractionalPercent) percent {
-	den := uint64(100)
-	switch p.GetDenominator() {
-	case typev3.FractionalPercent_TEN_THOUSAND:
-		den = 10_000
-	case typev3.FractionalPercent_MILLION:
-		den = 1_000_000
-	}
-	return percent{num: uint64(p.GetNumerator()), den: den}
-}
-
-// lower applies a request's percentage header (a numerator over the same
-// denominator), which may only lower the configured one.
-func (p percent) lower(h http.Header, key string) percent {
+// lowerBy applies a request's percentage header (a numerator over the
+// same denominator), which may only lower the configured one.
+func lowerBy(p fraction.Percent, h http.Header, key string) fraction.Percent {
 	if v := h.Get(key); v != "" {
-		if n, err := strconv.ParseUint(v, 10, 32); err == nil && n < p.num {
-			p.num = n
+		if n, err := strconv.ParseUint(v, 10, 32); err == nil {
+			p = p.Lower(n)
 		}
 	}
 	return p
-}
-
-func (p percent) draw() bool {
-	return p.num >= p.den || (p.num > 0 && rand.Uint64N(p.den) < p.num)
 }
 
 // faultPolicy is a compiled HTTPFault.
 type faultPolicy struct {
 	delay       time.Duration
 	delayHeader bool
-	delayPct    percent
+	delayPct    fraction.Percent
 	hasDelay    bool
 
 	abortHTTP   int
 	abortGRPC   int // -1: none
 	abortHeader bool
-	abortPct    percent
+	abortPct    fraction.Percent
 	abortBody   string
 	hasAbort    bool
 
@@ -89,7 +70,7 @@ func compileFault(f *faultv3.HTTPFault) (*faultPolicy, error) {
 	p := &faultPolicy{abortGRPC: -1, cluster: f.GetUpstreamCluster(), nodes: f.GetDownstreamNodes()}
 	if d := f.GetDelay(); d != nil {
 		p.hasDelay = true
-		p.delayPct = compilePercent(d.GetPercentage())
+		p.delayPct = fraction.FromProto(d.GetPercentage())
 		switch {
 		case d.GetFixedDelay() != nil:
 			p.delay = d.GetFixedDelay().AsDuration()
@@ -101,7 +82,7 @@ func compileFault(f *faultv3.HTTPFault) (*faultPolicy, error) {
 	}
 	if a := f.GetAbort(); a != nil {
 		p.hasAbort = true
-		p.abortPct = compilePercent(a.GetPercentage())
+		p.abortPct = fraction.FromProto(a.GetPercentage())
 		p.abortBody = a.GetResponseBody()
 		switch e := a.GetErrorType().(type) {
 		case *faultv3.FaultAbort_HttpStatus:
@@ -173,9 +154,9 @@ func (s *stream) injectFault(p *faultPolicy) bool {
 		if p.delayHeader {
 			ms, err := strconv.ParseUint(h.Get(hdrFaultDelay), 10, 32)
 			delay = time.Duration(ms) * time.Millisecond
-			doDelay = err == nil && ms > 0 && p.delayPct.lower(h, hdrFaultDelayPct).draw()
+			doDelay = err == nil && ms > 0 && lowerBy(p.delayPct, h, hdrFaultDelayPct).Draw()
 		} else {
-			doDelay = delay > 0 && p.delayPct.draw()
+			doDelay = delay > 0 && p.delayPct.Draw()
 		}
 	}
 	code, grpcCode, doAbort := p.abortHTTP, p.abortGRPC, false
@@ -187,9 +168,9 @@ func (s *stream) injectFault(p *faultPolicy) bool {
 			} else if n, err := strconv.Atoi(h.Get(hdrFaultAbortGRPC)); err == nil && n >= 0 {
 				grpcCode = n
 			}
-			doAbort = (code != 0 || grpcCode >= 0) && p.abortPct.lower(h, hdrFaultAbortPct).draw()
+			doAbort = (code != 0 || grpcCode >= 0) && lowerBy(p.abortPct, h, hdrFaultAbortPct).Draw()
 		} else {
-			doAbort = p.abortPct.draw()
+			doAbort = p.abortPct.Draw()
 		}
 	}
 	if !doDelay && !doAbort {

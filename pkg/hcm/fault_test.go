@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/meshlet/meshlet/internal/fraction"
 )
 
 // faultHCM is Istio's shape: the fault filter in http_filters with an
@@ -127,25 +129,25 @@ func TestFaultConfigErrors(t *testing.T) {
 }
 
 func TestFaultPercent(t *testing.T) {
-	p := percent{num: 30, den: 100}
+	p := fraction.Percent{Num: 30, Den: 100}
 	n := 0
 	for range 10000 {
-		if p.draw() {
+		if p.Draw() {
 			n++
 		}
 	}
 	if n < 2700 || n > 3300 {
 		t.Errorf("30%% drew %d of 10000", n)
 	}
-	if (percent{num: 0, den: 100}).draw() || !(percent{num: 100, den: 100}).draw() {
+	if (fraction.Percent{Num: 0, Den: 100}).Draw() || !(fraction.Percent{Num: 100, Den: 100}).Draw() {
 		t.Error("0% or 100% drew wrong")
 	}
 	h := http.Header{"X-P": {"5"}}
-	if got := p.lower(h, "X-P"); got.num != 5 {
-		t.Errorf("header lowers to %d", got.num)
+	if got := lowerBy(p, h, "X-P"); got.Num != 5 {
+		t.Errorf("header lowers to %d", got.Num)
 	}
 	h["X-P"] = []string{"90"}
-	if got := p.lower(h, "X-P"); got.num != 30 {
-		t.Errorf("header raised the percentage to %d", got.num)
+	if got := lowerBy(p, h, "X-P"); got.Num != 30 {
+		t.Errorf("header raised the percentage to %d", got.Num)
 	}
 }

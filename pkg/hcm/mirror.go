@@ -10,6 +10,8 @@ import (
 	"time"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+
+	"github.com/meshlet/meshlet/internal/fraction"
 )
 
 // maxMirrors bounds the shadow requests in flight per Manager; beyond it
@@ -21,7 +23,7 @@ const maxMirrors = 256
 type mirrorPolicy struct {
 	cluster       string
 	clusterHeader string // canonical key
-	pct           percent
+	pct           fraction.Percent
 	noSuffix      bool
 	hostLiteral   string
 }
@@ -30,12 +32,12 @@ func compileMirrors(in []*routev3.RouteAction_RequestMirrorPolicy) []mirrorPolic
 	var out []mirrorPolicy
 	for _, p := range in {
 		mp := mirrorPolicy{cluster: p.GetCluster(), noSuffix: p.GetDisableShadowHostSuffixAppend(),
-			hostLiteral: p.GetHostRewriteLiteral(), pct: percent{num: 100, den: 100}}
+			hostLiteral: p.GetHostRewriteLiteral(), pct: fraction.All}
 		if h := p.GetClusterHeader(); h != "" {
 			mp.clusterHeader = http.CanonicalHeaderKey(h)
 		}
 		if rf := p.GetRuntimeFraction(); rf != nil {
-			mp.pct = compilePercent(rf.GetDefaultValue())
+			mp.pct = fraction.FromProto(rf.GetDefaultValue())
 		}
 		out = append(out, mp)
 	}
@@ -69,7 +71,7 @@ func (s *stream) mirror(outPath, outHost string, timeout time.Duration) {
 		if mp.clusterHeader != "" {
 			cluster = s.r.Header.Get(mp.clusterHeader)
 		}
-		if cluster == "" || !mp.pct.draw() {
+		if cluster == "" || !mp.pct.Draw() {
 			continue
 		}
 		select {

@@ -10,6 +10,8 @@ import (
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	lrlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/meshlet/meshlet/internal/fraction"
 )
 
 // The local rate limit filter (envoy.filters.http.local_ratelimit): a
@@ -53,7 +55,7 @@ func (b *tokenBucket) take() (bool, int64, time.Duration) {
 type rateLimit struct {
 	bucket            *tokenBucket // nil: no bucket, the filter does nothing
 	status            int
-	enabled, enforced percent
+	enabled, enforced fraction.Percent
 	respAdd           []headerOp
 	reqAddNotEnforced []headerOp
 	xHeaders          bool
@@ -72,8 +74,8 @@ func decodeRateLimit(a *anypb.Any) (*rateLimit, error) {
 		rl.status = int(st.GetCode())
 	}
 	// Envoy's defaults: enabled and enforced for 0 % of requests.
-	rl.enabled = compilePercent(c.GetFilterEnabled().GetDefaultValue())
-	rl.enforced = compilePercent(c.GetFilterEnforced().GetDefaultValue())
+	rl.enabled = fraction.FromProto(c.GetFilterEnabled().GetDefaultValue())
+	rl.enforced = fraction.FromProto(c.GetFilterEnforced().GetDefaultValue())
 	if tb := c.GetTokenBucket(); tb != nil {
 		b := &tokenBucket{max: int64(tb.GetMaxTokens()), perFill: 1, every: tb.GetFillInterval().AsDuration(), last: time.Now()}
 		if v := tb.GetTokensPerFill(); v != nil {
@@ -97,7 +99,7 @@ func decodeRateLimit(a *anypb.Any) (*rateLimit, error) {
 
 // limit applies rl to the stream: false when it answered 429.
 func (s *stream) limit(rl *rateLimit) bool {
-	if rl.bucket == nil || !rl.enabled.draw() {
+	if rl.bucket == nil || !rl.enabled.Draw() {
 		return true
 	}
 	ok, left, reset := rl.bucket.take()
@@ -108,7 +110,7 @@ func (s *stream) limit(rl *rateLimit) bool {
 		}
 		return true
 	}
-	if !rl.enforced.draw() {
+	if !rl.enforced.Draw() {
 		applyHeaderOps(s.r.Header, rl.reqAddNotEnforced, nil, &s.e)
 		return true
 	}
