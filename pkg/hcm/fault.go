@@ -237,26 +237,3 @@ func grpcToHTTP(c int) int {
 	}
 	return http.StatusInternalServerError
 }
-
-// faultFilter finds the fault filter in an HCM's http_filters: its name
-// (the key of per-route configs) and its own config (nil when empty).
-func faultFilterIn(names []string, configs []*anypb.Any) (string, *faultPolicy, error) {
-	for i, n := range names {
-		a := configs[i]
-		if n != faultFilterName && n != "envoy.fault" && a.GetTypeUrl() != faultTypeURL {
-			continue
-		}
-		if a == nil || len(a.GetValue()) == 0 {
-			return n, nil, nil
-		}
-		p, err := decodeFault(a)
-		if err != nil {
-			return "", nil, fmt.Errorf("http filter %q: %w", n, err)
-		}
-		if !p.hasDelay && !p.hasAbort {
-			p = nil
-		}
-		return n, p, nil
-	}
-	return "", nil, nil
-}

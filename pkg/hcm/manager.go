@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,7 +18,6 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"go.uber.org/zap"
 	"golang.org/x/net/http2"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/meshlet/meshlet/pkg/sniff"
 )
@@ -193,21 +191,31 @@ func New(cfg *hcmv3.HttpConnectionManager, routes RouteSource, up Upstreams, opt
 			m.upgrades[strings.ToLower(u.GetUpgradeType())] = true
 		}
 	}
-	var fnames []string
-	var fconfs []*anypb.Any
-	for _, f := range cfg.GetHttpFilters() {
-		fnames, fconfs = append(fnames, f.GetName()), append(fconfs, f.GetTypedConfig())
+	fi, fname, fcfg := httpFilter(cfg.GetHttpFilters(), faultTypeURL, faultFilterName, "envoy.fault")
+	if fi >= 0 {
+		m.faultName = fname
+		if fcfg != nil {
+			p, err := decodeFault(fcfg)
+			if err != nil {
+				return nil, fmt.Errorf("hcm %q: http filter %q: %w", cfg.GetStatPrefix(), fname, err)
+			}
+			if p.hasDelay || p.hasAbort {
+				m.fault = p
+			}
+		}
 	}
-	var err error
-	if m.faultName, m.fault, err = faultFilterIn(fnames, fconfs); err != nil {
-		return nil, fmt.Errorf("hcm %q: %w", cfg.GetStatPrefix(), err)
+	li, lname, lcfg := httpFilter(cfg.GetHttpFilters(), rateLimitTypeURL, rateLimitFilterName)
+	if li >= 0 {
+		m.limitName = lname
+		if lcfg != nil {
+			rl, err := decodeRateLimit(lcfg)
+			if err != nil {
+				return nil, fmt.Errorf("hcm %q: http filter %q: %w", cfg.GetStatPrefix(), lname, err)
+			}
+			m.limit = rl
+		}
 	}
-	li, ln, rl, err := rateLimitFilterIn(fnames, fconfs)
-	if err != nil {
-		return nil, fmt.Errorf("hcm %q: %w", cfg.GetStatPrefix(), err)
-	}
-	m.limitName, m.limit = ln, rl
-	m.limitFirst = li >= 0 && (m.faultName == "" || li < slices.Index(fnames, m.faultName))
+	m.limitFirst = li >= 0 && (fi < 0 || li < fi)
 	for _, f := range cfg.GetHttpFilters() {
 		if f.GetName() != "envoy.filters.http.buffer" && !strings.HasSuffix(f.GetTypedConfig().GetTypeUrl(), "envoy.extensions.filters.http.buffer.v3.Buffer") {
 			continue

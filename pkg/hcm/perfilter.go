@@ -2,8 +2,10 @@ package hcm
 
 import (
 	"fmt"
+	"slices"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -81,4 +83,22 @@ func inherit[T any](route, vhost map[string]T) map[string]T {
 		}
 	}
 	return route
+}
+
+// httpFilter finds the first http_filters entry that is the filter named
+// one of names or configured with typeURL: its index (-1: absent), its
+// name (the key of typed_per_filter_config entries) and its config (nil
+// when it has none or an empty one).
+func httpFilter(filters []*hcmv3.HttpFilter, typeURL string, names ...string) (int, string, *anypb.Any) {
+	for i, f := range filters {
+		a := f.GetTypedConfig()
+		if a.GetTypeUrl() != typeURL && !slices.Contains(names, f.GetName()) {
+			continue
+		}
+		if len(a.GetValue()) == 0 {
+			a = nil
+		}
+		return i, f.GetName(), a
+	}
+	return -1, "", nil
 }

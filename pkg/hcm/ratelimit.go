@@ -133,25 +133,6 @@ func (s *stream) limit(rl *rateLimit) bool {
 	return false
 }
 
-// rateLimitFilterIn finds the local rate limit filter in http_filters.
-func rateLimitFilterIn(names []string, configs []*anypb.Any) (int, string, *rateLimit, error) {
-	for i, n := range names {
-		a := configs[i]
-		if n != rateLimitFilterName && a.GetTypeUrl() != rateLimitTypeURL {
-			continue
-		}
-		if a == nil || len(a.GetValue()) == 0 {
-			return i, n, nil, nil
-		}
-		rl, err := decodeRateLimit(a)
-		if err != nil {
-			return 0, "", nil, fmt.Errorf("http filter %q: %w", n, err)
-		}
-		return i, n, rl, nil
-	}
-	return -1, "", nil, nil
-}
-
 // resetSeconds rounds a wait up to whole seconds.
 func resetSeconds(d time.Duration) int64 { return int64((d + time.Second - 1) / time.Second) }
 
