@@ -76,16 +76,13 @@ func (s *stream) hedged(cp *clusterPool, cluster string, rp *retryPolicy, rt *ro
 			req.Host = req.URL.Host
 		}
 		if launched > 1 {
-			req.Body, req.ContentLength = http.NoBody, 0
-			if s.body != nil && len(s.body.rec) > 0 {
-				req.Body, req.ContentLength = newReplay(s.body.rec), int64(len(s.body.rec))
-			}
+			req.Body, req.ContentLength = s.replayBody()
 		}
 		if rt.attemptsUp {
 			req.Header = out.Header.Clone() // attempts run at once: a map each
 			req.Header["X-Envoy-Attempt-Count"] = []string{strconv.Itoa(launched)}
 		}
-		useH2 := ep.Protocol == UpstreamHTTP2 || (ep.Protocol == UseDownstreamProtocol && s.r.ProtoMajor == 2)
+		useH2 := ep.h2(s.r.ProtoMajor == 2)
 		ctx, cancel := context.WithCancelCause(s.ctx)
 		res := hedgeResult{ep: ep, addr: req.URL.Host, n: launched, start: time.Now(), cancel: cancel, retry: retry}
 		go func() {

@@ -113,8 +113,7 @@ func (m *Manager) sendMirror(req *http.Request, cluster string, orig netip.AddrP
 	}
 	cp := m.pools.cluster(cluster)
 	req.URL.Host = cp.addrString(ep.Addr)
-	useH2 := ep.Protocol == UpstreamHTTP2 || (ep.Protocol == UseDownstreamProtocol && h2Down)
-	resp, err := cp.roundTrip(ctx, req, clientFor(req, useH2), nil)
+	resp, err := cp.roundTrip(ctx, req, clientFor(req, ep.h2(h2Down)), nil)
 	if err != nil {
 		return
 	}

@@ -639,18 +639,12 @@ func (m *Manager) serve1(s *stream) {
 			out.Host = addr
 		}
 		if attempt > 0 && s.body != nil {
-			// A retry sends the request body kept while the first attempt
-			// read it (canReplay).
-			out.Body, out.ContentLength = http.NoBody, 0
-			if len(s.body.rec) > 0 {
-				out.Body, out.ContentLength = newReplay(s.body.rec), int64(len(s.body.rec))
-			}
+			out.Body, out.ContentLength = s.replayBody()
 		}
 		if rt.attemptsUp {
 			r.Header["X-Envoy-Attempt-Count"] = []string{strconv.Itoa(attempt + 1)}
 		}
-		useH2 := ep.Protocol == UpstreamHTTP2 || (ep.Protocol == UseDownstreamProtocol && r.ProtoMajor == 2)
-		client := clientFor(out, useH2)
+		client := clientFor(out, ep.h2(r.ProtoMajor == 2))
 		if client != clientFast {
 			s.viaTransport = true
 		}

@@ -291,6 +291,15 @@ func (pt *perTry) finish() bool {
 	return pt.fired
 }
 
+// replayBody is the request body of a retry or hedge: the copy kept while
+// the first attempt sent it (canReplay), or none.
+func (s *stream) replayBody() (io.ReadCloser, int64) {
+	if s.body == nil || len(s.body.rec) == 0 {
+		return http.NoBody, 0
+	}
+	return newReplay(s.body.rec), int64(len(s.body.rec))
+}
+
 // newReplay is a request body sending rec again (a retry, a hedge, a
 // mirror).
 func newReplay(rec []byte) io.ReadCloser { return io.NopCloser(bytes.NewReader(rec)) }

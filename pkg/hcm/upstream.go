@@ -48,6 +48,12 @@ type HealthReporter interface {
 	Report(status int)
 }
 
+// h2 reports whether a request goes to e over HTTP/2 (h2c), given whether
+// it came downstream over HTTP/2.
+func (e Endpoint) h2(downstreamH2 bool) bool {
+	return e.Protocol == UpstreamHTTP2 || (e.Protocol == UseDownstreamProtocol && downstreamH2)
+}
+
 // Breaker is a cluster's circuit breaker: requests and retries in flight
 // to the cluster beyond its limits fail fast (UO) or are not made.
 type Breaker interface {
