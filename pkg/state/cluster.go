@@ -40,12 +40,11 @@ type Endpoint struct {
 	// LEAST_REQUEST). It belongs to this snapshot's Cluster.
 	Active atomic.Int64
 
-	det    *outlierDetector // the cluster's outlier detection (nil: none)
 	health endpointHealth
 	added  time.Time // when it joined a cluster in force (slow start; zero: from the start)
 	// down: active health checking found it unhealthy (pkg/health).
 	down atomic.Bool
-	cl   *Cluster
+	cl   *Cluster // the cluster it belongs to (its outlier detection, down count)
 }
 
 // HTTPProtocol is the protocol the L7 proxy speaks to a cluster's endpoints.
@@ -209,13 +208,7 @@ func buildCluster(c *clusterv3.Cluster, eds *resources.Assignment, issues *[]Iss
 	for _, e := range out.Endpoints {
 		e.cl = out
 	}
-	if d := newOutlierDetector(c, len(out.Endpoints)); d != nil {
-		d.members = out.Endpoints
-		for _, e := range out.Endpoints {
-			e.det = d
-		}
-		out.det = d
-	}
+	out.det = newOutlierDetector(c)
 	out.cum = make([]uint32, 0, len(out.Endpoints))
 	for _, e := range out.Endpoints {
 		out.total += e.Weight

@@ -37,18 +37,16 @@ type outlierDetector struct {
 
 	mu      sync.Mutex
 	ejected atomic.Int64 // ejections made (Pick's fast path when 0)
-	members []*Endpoint
-	total   int
 }
 
-func newOutlierDetector(c *clusterv3.Cluster, n int) *outlierDetector {
+func newOutlierDetector(c *clusterv3.Cluster) *outlierDetector {
 	od := c.GetOutlierDetection()
 	if od == nil {
 		return nil
 	}
 	d := &outlierDetector{consec5xx: defaultConsecutive5xx, enforce5xx: 100, enforceGateway: 0,
 		consecGateway: 5, base: defaultBaseEjection, maxTime: defaultMaxEjection, interval: defaultInterval,
-		maxPercent: defaultMaxEjectPercent, total: n}
+		maxPercent: defaultMaxEjectPercent}
 	if v := od.GetInterval(); v != nil && v.AsDuration() > 0 {
 		d.interval = v.AsDuration()
 	}
@@ -89,10 +87,10 @@ type endpointHealth struct {
 // Report records the outcome of one upstream request to e: its HTTP
 // status, or 503 for a connection that failed or was reset.
 func (e *Endpoint) Report(status int) {
-	d := e.det
-	if d == nil {
+	if e.cl == nil || e.cl.det == nil {
 		return
 	}
+	d := e.cl.det
 	gw := status == 502 || status == 503 || status == 504
 	if status < 500 {
 		// A success ends both runs (loads first: no write on the
@@ -118,14 +116,15 @@ func (e *Endpoint) Report(status int) {
 	default:
 		return
 	}
-	d.eject(e)
+	d.eject(e, e.cl.Endpoints)
 }
 
 func enforced(pct uint32) bool {
 	return pct >= 100 || (pct > 0 && rand.Uint32N(100) < pct)
 }
 
-func (d *outlierDetector) eject(e *Endpoint) {
+// eject takes e out of the picks of members, its cluster's endpoints.
+func (d *outlierDetector) eject(e *Endpoint, members []*Endpoint) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	now := time.Now()
@@ -134,12 +133,12 @@ func (d *outlierDetector) eject(e *Endpoint) {
 	}
 	// Count the endpoints out now (ejections end lazily).
 	out := 0
-	for _, x := range d.members {
+	for _, x := range members {
 		if x.health.ejectedUntil.Load() > now.UnixNano() {
 			out++
 		}
 	}
-	if d.total == 0 || out*100/d.total >= d.maxPercent {
+	if out*100/len(members) >= d.maxPercent {
 		return // max_ejection_percent reached
 	}
 	// Each interval spent back in the picks since the last ejection
