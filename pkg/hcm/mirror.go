@@ -87,12 +87,10 @@ func (s *stream) mirror(outPath, outHost string, timeout time.Duration) {
 			host = shadowHost(host)
 		}
 		req := &http.Request{
-			Method: s.r.Method, URL: &url.URL{Scheme: "http", Opaque: outPath}, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Method: s.r.Method, URL: &url.URL{}, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 			Header: s.r.Header.Clone(), Host: host, Body: http.NoBody, ContentLength: int64(len(body)),
 		}
-		if q := strings.IndexByte(outPath, '?'); q >= 0 {
-			req.URL.Opaque, req.URL.RawQuery = outPath[:q], outPath[q+1:]
-		}
+		setUpstreamURL(req.URL, outPath)
 		if len(body) > 0 {
 			req.Body = newReplay(body)
 		}

@@ -248,6 +248,15 @@ func (s *stream) reportHealth(ep Endpoint, resp *http.Response, err error, perTr
 	}
 }
 
+// setUpstreamURL makes u the URL of an upstream request for the request
+// target path: sent as written (Opaque), the query apart.
+func setUpstreamURL(u *url.URL, path string) {
+	*u = url.URL{Scheme: "http", Opaque: path}
+	if q := strings.IndexByte(path, '?'); q >= 0 {
+		u.Opaque, u.RawQuery = path[:q], path[q+1:]
+	}
+}
+
 // overflow answers a request the cluster's circuit breaker refused.
 func (s *stream) overflow() {
 	s.local(http.StatusServiceUnavailable, FlagUpstreamOverflow, "upstream_reset_before_response_started{overflow}",
@@ -549,7 +558,7 @@ func (m *Manager) serve1(s *stream) {
 		}
 	}
 
-	s.outURL = url.URL{Scheme: "http", Opaque: outPath}
+	setUpstreamURL(&s.outURL, outPath)
 	s.out = http.Request{
 		Method:        r.Method,
 		URL:           &s.outURL,
@@ -561,9 +570,6 @@ func (m *Manager) serve1(s *stream) {
 		ContentLength: r.ContentLength,
 		Host:          outHost,
 		Trailer:       r.Trailer,
-	}
-	if q := strings.IndexByte(outPath, '?'); q >= 0 {
-		s.outURL.Opaque, s.outURL.RawQuery = outPath[:q], outPath[q+1:]
 	}
 	if body == http.NoBody {
 		s.out.ContentLength = 0
