@@ -517,6 +517,8 @@ func waitEvent(ctx context.Context, tc testgrpc.TestServiceClient, name string) 
 type latReport struct {
 	P50us, P90us, P99us float64
 	N                   int
+	// The proxy's CPU per call (TestBenchL7 fills them in).
+	cpuPerCall, userPerCall time.Duration `json:"-"`
 }
 
 // roleL7GRPCLatency: ADDR N. N sequential UnaryCalls (1 KiB each way) after
