@@ -4,17 +4,35 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// testBreaker is a circuit breaker with fixed limits.
+// testBreaker is a circuit breaker with fixed limits (connections and
+// pending requests: 0 is no limit).
 type testBreaker struct {
-	maxReq     int64
-	maxRetry   atomic.Int64 // changed by the test while the proxy runs
-	req, retry atomic.Int64
+	maxReq              int64
+	maxConn, maxPending int64
+	maxRetry            atomic.Int64 // changed by the test while the proxy runs
+	req, retry          atomic.Int64
+	conns, pending      atomic.Int64
 }
+
+func tryUpTo(n *atomic.Int64, limit int64) bool {
+	if n.Add(1) > limit && limit > 0 {
+		n.Add(-1)
+		return false
+	}
+	return true
+}
+func (b *testBreaker) TryConnection() bool { return tryUpTo(&b.conns, b.maxConn) }
+func (b *testBreaker) DoneConnection()     { b.conns.Add(-1) }
+func (b *testBreaker) TryPending() bool    { return tryUpTo(&b.pending, b.maxPending) }
+func (b *testBreaker) DonePending()        { b.pending.Add(-1) }
 
 func (b *testBreaker) TryRequest() bool {
 	if b.req.Add(1) > b.maxReq {
@@ -112,5 +130,172 @@ func TestCircuitBreaker(t *testing.T) {
 	get(t, &http.Client{}, "http://"+p+"/fail", map[string]string{"Host": "svc.test"})
 	if fails.Load() != 4 {
 		t.Errorf("%d upstream calls, want 1 + 3 (2 retries)", fails.Load())
+	}
+}
+
+// waitFor polls cond until it holds (10 s at most).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// max_connections and max_pending_requests (Istio's maxConnections and
+// http1MaxPendingRequests) on the HTTP/1.1 pool: with one connection
+// allowed, a second request waits for it and gets it when the first
+// exchange ends; a third, with the one pending slot taken, is answered 503
+// UO at once; a request that gives up while waiting frees its slot; the
+// upstream sees one connection throughout.
+func TestCircuitBreakerPending(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	var mu sync.Mutex
+	peers := map[string]bool{} // the proxy's connections, by address
+	addr := startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		peers[r.RemoteAddr] = true
+		mu.Unlock()
+		if r.URL.Path == "/hold" {
+			started <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, r.URL.Path)
+	}))
+	st := newUpstreams()
+	st.set("c", ep(addr))
+	b := &testBreaker{maxReq: 100, maxConn: 1, maxPending: 1}
+	hcm := `{"stat_prefix": "b", "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
+	  "retry_policy": {"retry_on": "5xx,reset,connect-failure", "num_retries": 2},
+	  "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]}]}}`
+	env := startProxy(t, mustHCM(t, hcm), nil, breakerUpstreams{st, b})
+	b.maxRetry.Store(10)
+
+	do := func(path string, ctx context.Context) (int, string, error) {
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+env.addr+path, nil)
+		req.Host = "svc.test"
+		resp, err := (&http.Client{Transport: &http.Transport{}}).Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body), nil
+	}
+	type result struct {
+		code int
+		body string
+	}
+	held := make(chan result, 1)
+	go func() {
+		code, body, _ := do("/hold", context.Background())
+		held <- result{code, body}
+	}()
+	<-started
+	waiting := make(chan result, 1)
+	go func() {
+		code, body, _ := do("/second", context.Background())
+		waiting <- result{code, body}
+	}()
+	waitFor(t, "the second request to wait for a connection", func() bool { return b.pending.Load() == 1 })
+	code, body, err := do("/third", context.Background())
+	if err != nil || code != 503 || !strings.Contains(body, "overflow") {
+		t.Fatalf("third request with the pending slot taken: %d %q %v, want 503 overflow", code, body, err)
+	}
+	close(release)
+	if r := <-held; r.code != 200 || r.body != "/hold" {
+		t.Fatalf("held request: %+v", r)
+	}
+	if r := <-waiting; r.code != 200 || r.body != "/second" {
+		t.Fatalf("waiting request: %+v", r)
+	}
+	entries := env.log.waitEntries(t, 3)
+	if entries[0].Flags != FlagUpstreamOverflow || entries[0].Attempts > 1 {
+		t.Errorf("refused request: flags %q after %d attempts, want UO and no retry", entries[0].Flags, entries[0].Attempts)
+	}
+	// A request that gives up while waiting gives its slot back.
+	release = make(chan struct{})
+	go func() {
+		code, body, _ := do("/hold", context.Background())
+		held <- result{code, body}
+	}()
+	<-started
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, _, err := do("/gives-up", ctx)
+		gaveUp <- err
+	}()
+	waitFor(t, "the request to wait", func() bool { return b.pending.Load() == 1 })
+	cancel()
+	<-gaveUp
+	waitFor(t, "the pending slot to come back", func() bool { return b.pending.Load() == 0 })
+	close(release)
+	if r := <-held; r.code != 200 {
+		t.Fatalf("held request: %+v", r)
+	}
+	if code, _, err := do("/after", context.Background()); code != 200 || err != nil {
+		t.Fatalf("request after: %d %v", code, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(peers) != 1 {
+		t.Errorf("upstream saw connections from %v, want one (max_connections 1)", peers)
+	}
+	if c, p := b.conns.Load(), b.pending.Load(); c != 1 || p != 0 {
+		t.Errorf("breaker: %d connections, %d pending; want the idle one and none", c, p)
+	}
+}
+
+// An endpoint without any connection gets one past the cluster's
+// max_connections (Envoy's rule: nothing to wait for otherwise), and that
+// connection holds no slot.
+func TestCircuitBreakerFirstConnectionPerEndpoint(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			started <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, "ok")
+	})
+	a1, a2 := startHTTP(t, h), startHTTP(t, h)
+	b := &testBreaker{maxReq: 100, maxConn: 1, maxPending: 1}
+	pools := NewPools(PoolOptions{})
+	t.Cleanup(pools.Close)
+	cp := pools.cluster("c")
+	call := func(ctx context.Context, a netip.AddrPort, path string) (*http.Response, error) {
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+a.String()+path, nil)
+		return cp.roundTrip(ctx, req, clientFast, nil, b)
+	}
+	held := make(chan error, 1)
+	go func() {
+		resp, err := call(context.Background(), a1, "/hold")
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		held <- err
+	}()
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := call(ctx, a2, "/")
+	if err != nil {
+		t.Fatalf("request to the second endpoint: %v, want a connection past the limit", err)
+	}
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if c := b.conns.Load(); c != 1 {
+		t.Errorf("%d connection slots taken, want 1 (the second endpoint's holds none)", c)
+	}
+	close(release)
+	if err := <-held; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,17 +31,40 @@ const maxFastBody = 64 << 10
 // h1Pool is a synchronous HTTP/1.1 client with per-endpoint keep-alive
 // pools: the request is written and the response read on the caller's
 // goroutine, with no read-ahead between exchanges.
+//
+// With a circuit breaker, each connection takes one of the cluster's
+// max_connections; once they are all taken a request waits (one of
+// max_pending_requests, else 503 UO at once) for a connection to its
+// endpoint to come back or for a slot to free up, as Envoy's pool does.
+// Envoy's rule against waiting with nothing to wait for holds too: an
+// endpoint without any connection gets one past the limit.
 type h1Pool struct {
-	p      *Pools
-	mu     sync.Mutex
-	idle   map[string][]*upConn
-	reaper *time.Timer
-	closed bool
+	p    *Pools
+	mu   sync.Mutex
+	idle map[string][]*upConn
+	// open counts the connections per endpoint, idle or in use.
+	open map[string]int
+	// waiters are the requests waiting for a connection, oldest first.
+	waiters []*connWaiter
+	reaper  *time.Timer
+	closed  bool
+}
+
+// connWaiter is a request waiting for a connection to addr: it receives
+// one handed over from an exchange that ended, or nil when a connection
+// closed (a slot may be free: look again).
+type connWaiter struct {
+	addr string
+	ch   chan *upConn
 }
 
 // upConn is one pooled upstream connection.
 type upConn struct {
 	c    net.Conn
+	addr string
+	// slot is the circuit breaker whose connection slot c holds (nil:
+	// none, or opened past the limit as its endpoint's only connection).
+	slot Breaker
 	rd   io.Reader     // c's reader (newRawIO)
 	sock *rawio.Socket // c's socket, nil when raw I/O is not possible
 	br   *bufio.Reader
@@ -67,7 +91,9 @@ func (u *upConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func newH1Pool(p *Pools) *h1Pool { return &h1Pool{p: p, idle: map[string][]*upConn{}} }
+func newH1Pool(p *Pools) *h1Pool {
+	return &h1Pool{p: p, idle: map[string][]*upConn{}, open: map[string]int{}}
+}
 
 // fastClientOK reports whether req suits the synchronous client.
 func fastClientOK(req *http.Request) bool {
@@ -78,28 +104,86 @@ func fastClientOK(req *http.Request) bool {
 	return !expect
 }
 
-func (hp *h1Pool) get(ctx context.Context, addr string) (*upConn, error) {
-	now := time.Now()
-	hp.mu.Lock()
-	l := hp.idle[addr]
-	for len(l) > 0 {
-		u := l[len(l)-1]
-		l[len(l)-1] = nil
-		l = l[:len(l)-1]
-		if now.Sub(u.idleSince) < hp.p.opts.IdleTimeout {
-			hp.idle[addr] = l
-			hp.mu.Unlock()
-			return u, nil
+// get returns an idle connection to addr or a new one, waiting for one
+// while br's connections are all taken.
+func (hp *h1Pool) get(ctx context.Context, addr string, br Breaker) (*upConn, error) {
+	pending := false // a pending-request slot is held
+	defer func() {
+		if pending {
+			br.DonePending()
 		}
-		u.c.Close()
+	}()
+	for {
+		now := time.Now()
+		hp.mu.Lock()
+		l := hp.idle[addr]
+		for len(l) > 0 {
+			u := l[len(l)-1]
+			l[len(l)-1] = nil
+			l = l[:len(l)-1]
+			hp.idle[addr] = l
+			if now.Sub(u.idleSince) < hp.p.opts.IdleTimeout {
+				hp.mu.Unlock()
+				return u, nil
+			}
+			hp.dropLocked(u)
+		}
+		slot := br == nil || br.TryConnection()
+		if slot || hp.open[addr] == 0 {
+			hp.open[addr]++
+			hp.mu.Unlock()
+			u := &upConn{addr: addr}
+			if slot && br != nil {
+				u.slot = br
+			}
+			return hp.dial(ctx, u)
+		}
+		if !pending {
+			if !br.TryPending() {
+				hp.mu.Unlock()
+				return nil, errOverflow
+			}
+			pending = true
+		}
+		w := &connWaiter{addr: addr, ch: make(chan *upConn, 1)}
+		hp.waiters = append(hp.waiters, w)
+		hp.mu.Unlock()
+		select {
+		case u := <-w.ch:
+			if u != nil {
+				return u, nil
+			}
+		case <-ctx.Done():
+			hp.mu.Lock()
+			i := slices.Index(hp.waiters, w)
+			if i >= 0 {
+				hp.waiters = slices.Delete(hp.waiters, i, i+1)
+			}
+			hp.mu.Unlock()
+			if i < 0 { // handed something meanwhile: pass it on
+				if u := <-w.ch; u != nil {
+					hp.put(addr, u)
+				} else {
+					hp.mu.Lock()
+					hp.wakeLocked("")
+					hp.mu.Unlock()
+				}
+			}
+			return nil, context.Cause(ctx)
+		}
 	}
-	hp.idle[addr] = l
-	hp.mu.Unlock()
-	c, err := hp.p.dial(ctx, "tcp", addr)
+}
+
+// dial opens u's connection (its slot already counted).
+func (hp *h1Pool) dial(ctx context.Context, u *upConn) (*upConn, error) {
+	c, err := hp.p.dial(ctx, "tcp", u.addr)
 	if err != nil {
+		hp.mu.Lock()
+		hp.releaseLocked(u)
+		hp.mu.Unlock()
 		return nil, err
 	}
-	u := &upConn{c: c, rd: c}
+	u.c, u.rd = c, c
 	if sock, _ := socketOf(c); sock != nil {
 		if u.sock = rawio.New(sock); u.sock != nil {
 			u.rd = u.sock
@@ -109,13 +193,71 @@ func (hp *h1Pool) get(ctx context.Context, addr string) (*upConn, error) {
 	return u, nil
 }
 
+// drop closes a connection that is not idle in the pool.
+func (hp *h1Pool) drop(u *upConn) {
+	hp.mu.Lock()
+	hp.dropLocked(u)
+	hp.mu.Unlock()
+}
+
+// dropLocked closes u and gives its slot back.
+func (hp *h1Pool) dropLocked(u *upConn) {
+	u.c.Close()
+	hp.releaseLocked(u)
+}
+
+// releaseLocked uncounts u's connection and wakes whom that may let open
+// one: the oldest waiter when a slot came free, the oldest for u's
+// endpoint when that has no connection left.
+func (hp *h1Pool) releaseLocked(u *upConn) {
+	if hp.open[u.addr]--; hp.open[u.addr] <= 0 {
+		delete(hp.open, u.addr)
+		hp.wakeLocked(u.addr)
+	}
+	if u.slot != nil {
+		u.slot.DoneConnection()
+		u.slot = nil
+		hp.wakeLocked("")
+	}
+}
+
+// wakeLocked removes and returns the oldest waiter for addr (any address
+// when addr is empty), waking it with nil; false: none.
+func (hp *h1Pool) wakeLocked(addr string) bool {
+	w := hp.takeWaiterLocked(addr)
+	if w == nil {
+		return false
+	}
+	w.ch <- nil
+	return true
+}
+
+// takeWaiterLocked removes the oldest waiter for addr (any when empty).
+func (hp *h1Pool) takeWaiterLocked(addr string) *connWaiter {
+	for i, w := range hp.waiters {
+		if addr == "" || w.addr == addr {
+			hp.waiters = slices.Delete(hp.waiters, i, i+1)
+			return w
+		}
+	}
+	return nil
+}
+
 func (hp *h1Pool) put(addr string, u *upConn) {
 	u.reused = true
 	u.idleSince = time.Now()
 	hp.mu.Lock()
 	defer hp.mu.Unlock()
-	if hp.closed || len(hp.idle[addr]) >= hp.p.opts.MaxIdlePerEndpoint {
-		u.c.Close()
+	if hp.closed {
+		hp.dropLocked(u)
+		return
+	}
+	if w := hp.takeWaiterLocked(addr); w != nil {
+		w.ch <- u // straight to the oldest request waiting for it
+		return
+	}
+	if len(hp.idle[addr]) >= hp.p.opts.MaxIdlePerEndpoint {
+		hp.dropLocked(u)
 		return
 	}
 	hp.idle[addr] = append(hp.idle[addr], u)
@@ -135,7 +277,7 @@ func (hp *h1Pool) prune() {
 		keep := l[:0]
 		for _, u := range l {
 			if now.Sub(u.idleSince) >= hp.p.opts.IdleTimeout {
-				u.c.Close()
+				hp.dropLocked(u)
 			} else {
 				keep = append(keep, u)
 			}
@@ -160,10 +302,10 @@ func (hp *h1Pool) close() {
 	defer hp.mu.Unlock()
 	hp.closed = true
 	for addr, l := range hp.idle {
-		for _, u := range l {
-			u.c.Close()
-		}
 		delete(hp.idle, addr)
+		for _, u := range l {
+			hp.dropLocked(u)
+		}
 	}
 	if hp.reaper != nil {
 		hp.reaper.Stop()
@@ -227,7 +369,7 @@ func writeHead(bw *bytes.Buffer, req *http.Request, body []byte) error {
 // returns the connection to the pool at EOF. The connection's I/O fails at
 // once when the request is cancelled: through rc when given (all of ctx's
 // cancellations that matter go through it), else when ctx ends.
-func (hp *h1Pool) roundTrip(ctx context.Context, req *http.Request, rc *reqCancel) (*http.Response, error) {
+func (hp *h1Pool) roundTrip(ctx context.Context, req *http.Request, rc *reqCancel, br Breaker) (*http.Response, error) {
 	var body []byte
 	if req.ContentLength > 0 {
 		body = make([]byte, req.ContentLength)
@@ -242,7 +384,7 @@ func (hp *h1Pool) roundTrip(ctx context.Context, req *http.Request, rc *reqCance
 	}
 	addr := req.URL.Host
 	for attempt := 0; ; attempt++ {
-		u, err := hp.get(ctx, addr)
+		u, err := hp.get(ctx, addr, br)
 		if err != nil {
 			return nil, err
 		}
@@ -291,7 +433,7 @@ func (hp *h1Pool) roundTrip(ctx context.Context, req *http.Request, rc *reqCance
 			} else {
 				stop()
 			}
-			u.c.Close()
+			hp.drop(u)
 			// A pooled connection the upstream closed while idle: nothing of
 			// a response came back, so the request can go on a new one.
 			if u.reused && u.nread == 0 && attempt == 0 && ctx.Err() == nil {
@@ -364,7 +506,8 @@ func (b *upBody) Close() error {
 		b.hp.put(b.addr, b.u)
 		return nil
 	}
-	return b.u.c.Close()
+	b.hp.drop(b.u)
+	return nil
 }
 
 // readFast reads a Content-Length body; the last bytes come with io.EOF.

@@ -86,7 +86,7 @@ func (s *stream) hedged(cp *clusterPool, cluster string, rp *retryPolicy, rt *ro
 		ctx, cancel := context.WithCancelCause(s.ctx)
 		res := hedgeResult{ep: ep, addr: req.URL.Host, n: launched, start: time.Now(), cancel: cancel, retry: retry}
 		go func() {
-			res.resp, res.err = cp.roundTrip(ctx, &req, clientFor(&req, useH2), nil)
+			res.resp, res.err = cp.roundTrip(ctx, &req, clientFor(&req, useH2), nil, ep.Breaker)
 			results <- res
 		}()
 		return nil
@@ -162,7 +162,7 @@ func (s *stream) hedged(cp *clusterPool, cluster string, rp *retryPolicy, rt *ro
 				continue // another attempt may still answer
 			}
 			var de *dialError
-			if r.err != nil && (s.ctx.Err() != nil || !rp.retriableError(errors.As(r.err, &de), false)) {
+			if r.err != nil && (s.ctx.Err() != nil || errors.Is(r.err, errOverflow) || !rp.retriableError(errors.As(r.err, &de), false)) {
 				s.e.UpstreamHost, s.e.Attempts = r.addr, launched
 				r.br = br
 				return r

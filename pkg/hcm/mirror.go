@@ -111,7 +111,7 @@ func (m *Manager) sendMirror(req *http.Request, cluster string, orig netip.AddrP
 	}
 	cp := m.pools.cluster(cluster)
 	req.URL.Host = cp.addrString(ep.Addr)
-	resp, err := cp.roundTrip(ctx, req, clientFor(req, ep.h2(h2Down)), nil)
+	resp, err := cp.roundTrip(ctx, req, clientFor(req, ep.h2(h2Down)), nil, nil)
 	if err != nil {
 		return
 	}

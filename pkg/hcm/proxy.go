@@ -238,7 +238,7 @@ func (s *stream) rateLimit(rt *route) bool {
 // the stream itself ended it (the client left, a timeout of ours).
 func (s *stream) reportHealth(ep Endpoint, resp *http.Response, err error, perTry bool) {
 	switch {
-	case ep.Health == nil:
+	case ep.Health == nil, errors.Is(err, errOverflow): // overflow: the host never saw the request
 	case err == nil:
 		ep.Health.Report(resp.StatusCode)
 	case perTry:
@@ -661,11 +661,17 @@ func (m *Manager) serve1(s *stream) {
 			ptCancel = pt.cancel
 		}
 		upStart = time.Now()
-		resp, err = cp.roundTrip(ctx, out, client, s.rc)
+		resp, err = cp.roundTrip(ctx, out, client, s.rc, ep.Breaker)
 		timedOut := pt != nil && pt.finish()
 		if retrying {
 			br.DoneRetry()
 			retrying = false
+		}
+		if errors.Is(err, errOverflow) {
+			// max_pending_requests: not the host's failure, and never
+			// retried (as Envoy).
+			s.overflow()
+			return
 		}
 		s.reportHealth(ep, resp, err, timedOut)
 		if err == nil && (s.ctx.Err() != nil || timedOut) {

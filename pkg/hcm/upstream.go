@@ -55,12 +55,18 @@ func (e Endpoint) h2(downstreamH2 bool) bool {
 }
 
 // Breaker is a cluster's circuit breaker: requests and retries in flight
-// to the cluster beyond its limits fail fast (UO) or are not made.
+// to the cluster beyond its limits fail fast (UO) or are not made; the
+// HTTP/1.1 pool opens at most its connections and lets at most its pending
+// requests wait for one (h1client.go).
 type Breaker interface {
 	TryRequest() bool
 	DoneRequest()
 	TryRetry() bool
 	DoneRetry()
+	TryConnection() bool
+	DoneConnection()
+	TryPending() bool
+	DonePending()
 }
 
 // errOverflow: the cluster's circuit breaker refused the request.
@@ -289,12 +295,12 @@ func clientFor(req *http.Request, h2 bool) upstreamClient {
 // context is not used). rc, when not nil, is how ctx is cancelled
 // (HTTP/1.1 fast path); the synchronous client uses it instead of watching
 // the context.
-func (cp *clusterPool) roundTrip(ctx context.Context, req *http.Request, client upstreamClient, rc *reqCancel) (*http.Response, error) {
+func (cp *clusterPool) roundTrip(ctx context.Context, req *http.Request, client upstreamClient, rc *reqCancel, br Breaker) (*http.Response, error) {
 	switch client {
 	case clientH2:
 		return cp.h2.RoundTrip(req.WithContext(ctx))
 	case clientFast:
-		return cp.fast.roundTrip(ctx, req, rc)
+		return cp.fast.roundTrip(ctx, req, rc, br)
 	}
 	return cp.h1.RoundTrip(req.WithContext(ctx))
 }

@@ -10,31 +10,35 @@ import (
 // Envoy's circuit-breaker defaults, in force when a cluster sets none.
 const (
 	defaultMaxConnections = 1024
+	defaultMaxPending     = 1024
 	defaultMaxRequests    = 1024
 	defaultMaxRetries     = 3
 )
 
 // Breaker is a cluster's circuit breaker (circuit_breakers, DEFAULT
 // priority; Istio's DestinationRule connectionPool): how many connections
-// (tcp_proxy), requests and retries (HTTP) may be in flight to the cluster
-// at once. Beyond a limit a connection or request fails fast with UO, and a
-// retry is not made. max_pending_requests has nothing to bound here: a
-// request never waits for a pooled connection, it gets a new one. The
-// counts belong to the Cluster value: a changed cluster starts from zero.
+// (tcp_proxy's, and the HTTP/1.1 pool's), requests waiting for a pooled
+// HTTP/1.1 connection, requests and retries (HTTP) may be in flight to the
+// cluster at once. Beyond a limit a connection or request fails fast with
+// UO, and a retry is not made. The counts belong to the Cluster value: a
+// changed cluster starts from zero.
 type Breaker struct {
-	MaxConnections, MaxRequests, MaxRetries int64
+	MaxConnections, MaxPendingRequests, MaxRequests, MaxRetries int64
 
-	conns, requests, retries atomic.Int64
+	conns, pending, requests, retries atomic.Int64
 }
 
 func newBreaker(c *clusterv3.Cluster) *Breaker {
-	b := &Breaker{MaxConnections: defaultMaxConnections, MaxRequests: defaultMaxRequests, MaxRetries: defaultMaxRetries}
+	b := &Breaker{MaxConnections: defaultMaxConnections, MaxPendingRequests: defaultMaxPending, MaxRequests: defaultMaxRequests, MaxRetries: defaultMaxRetries}
 	for _, t := range c.GetCircuitBreakers().GetThresholds() {
 		if t.GetPriority() != corev3.RoutingPriority_DEFAULT {
 			continue
 		}
 		if v := t.GetMaxConnections(); v != nil {
 			b.MaxConnections = int64(v.GetValue())
+		}
+		if v := t.GetMaxPendingRequests(); v != nil {
+			b.MaxPendingRequests = int64(v.GetValue())
 		}
 		if v := t.GetMaxRequests(); v != nil {
 			b.MaxRequests = int64(v.GetValue())
@@ -59,6 +63,16 @@ func (b *Breaker) TryConnection() bool { return try(&b.conns, b.MaxConnections) 
 
 // DoneConnection gives a connection slot back.
 func (b *Breaker) DoneConnection() { b.conns.Add(-1) }
+
+// TryPending takes a slot for a request waiting for a connection; false:
+// max_pending_requests reached.
+func (b *Breaker) TryPending() bool { return try(&b.pending, b.MaxPendingRequests) }
+
+// DonePending gives a pending-request slot back.
+func (b *Breaker) DonePending() { b.pending.Add(-1) }
+
+// Pending reports the requests waiting for a connection.
+func (b *Breaker) Pending() int64 { return b.pending.Load() }
 
 // TryRequest takes a request slot; false: max_requests reached.
 func (b *Breaker) TryRequest() bool { return try(&b.requests, b.MaxRequests) }

@@ -38,10 +38,11 @@ func (s *Snapshot) WriteClusters(w io.Writer) error {
 		if b := c.Breaker; b != nil {
 			conns, reqs, retries := b.InFlight()
 			fmt.Fprintf(bw, "%s::default_priority::max_connections::%d\n", name, b.MaxConnections)
+			fmt.Fprintf(bw, "%s::default_priority::max_pending_requests::%d\n", name, b.MaxPendingRequests)
 			fmt.Fprintf(bw, "%s::default_priority::max_requests::%d\n", name, b.MaxRequests)
 			fmt.Fprintf(bw, "%s::default_priority::max_retries::%d\n", name, b.MaxRetries)
-			fmt.Fprintf(bw, "%s::in_flight::connections::%d\n%s::in_flight::requests::%d\n%s::in_flight::retries::%d\n",
-				name, conns, name, reqs, name, retries)
+			fmt.Fprintf(bw, "%s::in_flight::connections::%d\n%s::in_flight::pending_requests::%d\n%s::in_flight::requests::%d\n%s::in_flight::retries::%d\n",
+				name, conns, name, b.Pending(), name, reqs, name, retries)
 		}
 		for _, e := range c.Endpoints {
 			fmt.Fprintf(bw, "%s::%s::weight::%d\n", name, e.Addr, e.Weight)

@@ -25,6 +25,8 @@ func TestWriteClusters(t *testing.T) {
 	for _, want := range []string{
 		"c::default_priority::max_requests::7\n",
 		"c::in_flight::requests::1\n",
+		"c::default_priority::max_pending_requests::1024\n",
+		"c::in_flight::pending_requests::0\n",
 		"c::10.0.0.1:80::health_flags::/failed_active_hc\n",
 		"c::10.0.0.2:80::health_flags::/failed_outlier_check\n",
 		"c::10.0.0.2:80::outlier_ejections::1\n",
