@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,8 +14,9 @@ import (
 
 // governanceConfig exercises the xDS governance fields through the real
 // agent: an active TCP health check that takes a dead endpoint out, a
-// retry policy that hides a failing one (Istio's default shape), and a
-// fault the route injects.
+// retry policy that hides a failing one (Istio's default shape), a fault
+// the route injects, and circuit breakers as Istio's connectionPool
+// (maxConnections 1, http1MaxPendingRequests 1) writes them.
 var governanceConfig = `capture:
   acceleration: on
 static_resources:
@@ -51,6 +53,8 @@ static_resources:
                     - name: envoy.retry_host_predicates.previous_hosts
                       typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}
                     host_selection_retry_max_attempts: "5"
+              - match: {prefix: "/cb"}
+                route: {cluster: cb}
               - match: {prefix: "/fault"}
                 route: {cluster: hc}
                 typed_per_filter_config:
@@ -68,6 +72,14 @@ static_resources:
       endpoints: [{lb_endpoints: [
         {endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 18401}}}},
         {endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 18402}}}}]}]
+  - name: cb
+    type: STATIC
+    connect_timeout: 1s
+    circuit_breakers:
+      thresholds: [{max_connections: 1, max_pending_requests: 1, max_requests: 4294967295, max_retries: 4294967295}]
+    load_assignment:
+      cluster_name: cb
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 18405}}}}]}]
   - name: flaky
     type: STATIC
     connect_timeout: 1s
@@ -92,6 +104,19 @@ func TestL7Governance(t *testing.T) {
 		t.Cleanup(func() { srv.Close() })
 	}
 	// 18402: nothing listens; its health check fails.
+	// 18405 holds /cb/hold until released.
+	release, held := make(chan struct{}), make(chan struct{}, 1)
+	cbSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/cb/hold" {
+			held <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, r.URL.Path)
+	})}
+	go cbSrv.Serve(m.listen("127.0.0.1:18405"))
+	t.Cleanup(func() { cbSrv.Close() })
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) })
 	m.start(governanceConfig)
 
 	status := func(path string) (int, string) {
@@ -132,5 +157,46 @@ func TestL7Governance(t *testing.T) {
 	}
 	if code, _ := status("/fault"); code != 418 {
 		t.Errorf("/fault: %d, want the injected 418", code)
+	}
+
+	// Istio's circuit-breaking task: one connection, one pending request.
+	// The held request takes the connection, the next waits for it, the
+	// third overflows (503 UO) at once; the waiting one is served once the
+	// held one ends.
+	type answer struct {
+		code int
+		body string
+	}
+	background := func(path string) chan answer {
+		ch := make(chan answer, 1)
+		go func() {
+			code, body := status(path)
+			ch <- answer{code, body}
+		}()
+		return ch
+	}
+	first := background("/cb/hold")
+	<-held
+	second := background("/cb/second")
+	privtest.WaitFor(t, 10*time.Second, "the second request to wait for the connection (/clusters)", func() bool {
+		resp, err := m.http.Get("http://127.0.0.1:15000/clusters")
+		if err != nil {
+			return false
+		}
+		dump, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return strings.Contains(string(dump), "cb::in_flight::pending_requests::1\n")
+	})
+	if code, body := status("/cb/third"); code != 503 || !strings.Contains(body, "overflow") {
+		t.Errorf("/cb/third with the connection and the pending slot taken: %d %q, want 503 overflow", code, body)
+	}
+	releaseOnce.Do(func() { close(release) })
+	for _, a := range []struct {
+		ch   chan answer
+		want string
+	}{{first, "/cb/hold"}, {second, "/cb/second"}} {
+		if got := <-a.ch; got.code != 200 || got.body != a.want {
+			t.Errorf("%s: %d %q, want 200", a.want, got.code, got.body)
+		}
 	}
 }
