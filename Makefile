@@ -31,7 +31,8 @@ vet:
 generate:
 	$(GO) generate ./pkg/sockmap
 
-# Benchmarks (not timed tests): same-node TCP paths side by side.
+# Benchmarks (not timed tests): same-node TCP paths, xDS at scale and the L7 proxies side by side. Each rewrites
+# its report in docs/ above the "written by hand below" marker and keeps the analysis after it.
 bench: build
 	MESHLET_BENCH=1 MESHLET_BENCH_OUT=$(CURDIR)/docs/bench-tcp.md $(GO) test -count=1 -timeout 30m -run 'TestBenchTCP' -v ./test/e2e
 	MESHLET_BENCH=1 MESHLET_BENCH_XDS_OUT=$(CURDIR)/docs/bench-xds.md $(GO) test -count=1 -timeout 20m -run 'TestBenchXDS' -v ./test/e2e

@@ -104,11 +104,8 @@ func TestBenchTCP(t *testing.T) {
 			med(res[i].p50_64)/d64, med(res[i].p50_4k)/d4k)
 	}
 	fmt.Fprintf(&b, "\nAgent CPU profile during 64 B ping-pong in the default mode (accel into proxy; top functions, cumulative):\n\n```\n%s```\n", top)
-	out := os.Getenv("MESHLET_BENCH_OUT")
-	if out != "" {
-		if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
+	if out := os.Getenv("MESHLET_BENCH_OUT"); out != "" {
+		writeReport(t, out, b.String())
 	}
 	t.Log("\n" + b.String())
 }

@@ -296,9 +296,7 @@ func TestBenchL7(t *testing.T) {
 	}
 	fmt.Fprintf(&b, "\nAgent CPU profile under the same wrk load, default mode (top functions, cumulative):\n\n```\n%s```\n", top)
 	if out := os.Getenv("MESHLET_BENCH_OUT"); out != "" {
-		if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeReport(t, out, b.String())
 	}
 	t.Log("\n" + b.String())
 }

@@ -241,9 +241,7 @@ func TestBenchXDS(t *testing.T) {
 		"(%v here, 1 s by default) and its reload of the whole file (%v). \"Served to applied\" runs from the\n"+
 		"control plane's \"serving resources\" log line to the agent's \"config applied\": the xDS transfer and the agent.\n",
 		benchPoll, reload.Round(time.Millisecond))
-	if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeReport(t, out, b.String())
 }
 
 // settle waits until the agent applied a config at or after the time
