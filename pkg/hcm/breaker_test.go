@@ -54,12 +54,31 @@ func (b *testBreaker) DoneRetry() { b.retry.Add(-1) }
 type breakerUpstreams struct {
 	*staticUpstreams
 	b Breaker
+	h HealthReporter // nil: none
 }
 
 func (u breakerUpstreams) Pick(ctx context.Context, cluster string, in PickInput) (Endpoint, error) {
 	ep, err := u.staticUpstreams.Pick(ctx, cluster, in)
-	ep.Breaker = u.b
+	ep.Breaker, ep.Health = u.b, u.h
 	return ep, err
+}
+
+// healthLog records the outcomes reported for outlier detection.
+type healthLog struct {
+	mu    sync.Mutex
+	codes []int
+}
+
+func (h *healthLog) Report(status int) {
+	h.mu.Lock()
+	h.codes = append(h.codes, status)
+	h.mu.Unlock()
+}
+
+func (h *healthLog) reported() []int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]int(nil), h.codes...)
 }
 
 // max_requests: a request beyond the cluster's limit is answered 503 UO
@@ -85,7 +104,7 @@ func TestCircuitBreaker(t *testing.T) {
 	hcm := `{"stat_prefix": "b", "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
 	  "retry_policy": {"retry_on": "5xx", "num_retries": 2, "retry_back_off": {"base_interval": "0.001s"}},
 	  "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]}]}}`
-	env := startProxy(t, mustHCM(t, hcm), nil, breakerUpstreams{st, b})
+	env := startProxy(t, mustHCM(t, hcm), nil, breakerUpstreams{st, b, nil})
 	p, log := env.addr, env.log
 
 	held := make(chan int, 1)
@@ -172,7 +191,7 @@ func TestCircuitBreakerPending(t *testing.T) {
 	hcm := `{"stat_prefix": "b", "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
 	  "retry_policy": {"retry_on": "5xx,reset,connect-failure", "num_retries": 2},
 	  "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]}]}}`
-	env := startProxy(t, mustHCM(t, hcm), nil, breakerUpstreams{st, b})
+	env := startProxy(t, mustHCM(t, hcm), nil, breakerUpstreams{st, b, nil})
 	b.maxRetry.Store(10)
 
 	do := func(path string, ctx context.Context) (int, string, error) {
@@ -297,5 +316,54 @@ func TestCircuitBreakerFirstConnectionPerEndpoint(t *testing.T) {
 	close(release)
 	if err := <-held; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A request whose route timeout passes while it waits for a pooled
+// connection is answered 504 UT, and the endpoint, which never saw it, is
+// not reported to outlier detection.
+func TestCircuitBreakerWaitTimeout(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	st := newUpstreams()
+	st.set("c", ep(startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			started <- struct{}{}
+			<-release
+		}
+		io.WriteString(w, "ok")
+	}))))
+	b := &testBreaker{maxReq: 100, maxConn: 1, maxPending: 1}
+	hl := &healthLog{}
+	hcm := `{"stat_prefix": "b", "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
+	  "routes": [{"match": {"prefix": "/hold"}, "route": {"cluster": "c", "timeout": "0s"}},
+	             {"match": {"prefix": "/"}, "route": {"cluster": "c", "timeout": "0.2s"}}]}]}}`
+	env := startProxy(t, mustHCM(t, hcm), nil, breakerUpstreams{st, b, hl})
+	held := make(chan int, 1)
+	go func() {
+		resp, _ := get(t, &http.Client{}, "http://"+env.addr+"/hold", map[string]string{"Host": "svc.test"})
+		held <- resp.StatusCode
+	}()
+	<-started
+	resp, body := get(t, &http.Client{}, "http://"+env.addr+"/waits", map[string]string{"Host": "svc.test"})
+	if resp.StatusCode != 504 {
+		t.Errorf("request timing out while waiting for the connection: %d %q, want 504", resp.StatusCode, body)
+	}
+	if got := hl.reported(); len(got) != 0 {
+		t.Errorf("outcomes reported before the held request ended: %v, want none", got)
+	}
+	close(release)
+	if code := <-held; code != 200 {
+		t.Fatalf("held request: %d", code)
+	}
+	waitFor(t, "the held request's outcome", func() bool { return len(hl.reported()) == 1 })
+	if got := hl.reported(); got[0] != 200 {
+		t.Errorf("reported %v, want [200]", got)
+	}
+	if p := b.pending.Load(); p != 0 {
+		t.Errorf("%d pending slots still taken", p)
+	}
+	if e := env.log.waitEntries(t, 2)[0]; e.Flags != FlagUpstreamTimeout {
+		t.Errorf("timed-out request: flags %q, want UT", e.Flags)
 	}
 }

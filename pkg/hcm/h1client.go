@@ -169,10 +169,17 @@ func (hp *h1Pool) get(ctx context.Context, addr string, br Breaker) (*upConn, er
 					hp.mu.Unlock()
 				}
 			}
-			return nil, context.Cause(ctx)
+			return nil, &waitError{context.Cause(ctx)}
 		}
 	}
 }
+
+// waitError: the request ended while waiting for a pooled connection (the
+// endpoint never saw it: not a failure of the host).
+type waitError struct{ err error }
+
+func (e *waitError) Error() string { return "waiting for an upstream connection: " + e.err.Error() }
+func (e *waitError) Unwrap() error { return e.err }
 
 // dial opens u's connection (its slot already counted).
 func (hp *h1Pool) dial(ctx context.Context, u *upConn) (*upConn, error) {

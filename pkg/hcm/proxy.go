@@ -237,8 +237,9 @@ func (s *stream) rateLimit(rt *route) bool {
 // reportHealth tells outlier detection how an attempt to ep went, unless
 // the stream itself ended it (the client left, a timeout of ours).
 func (s *stream) reportHealth(ep Endpoint, resp *http.Response, err error, perTry bool) {
+	var we *waitError
 	switch {
-	case ep.Health == nil, errors.Is(err, errOverflow): // overflow: the host never saw the request
+	case ep.Health == nil, errors.Is(err, errOverflow), errors.As(err, &we): // the host never saw the request
 	case err == nil:
 		ep.Health.Report(resp.StatusCode)
 	case perTry:
