@@ -25,6 +25,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshlet/meshlet/internal/waitfor"
 )
 
 // Required reports whether privileged tests must run (and so fail instead
@@ -275,13 +277,7 @@ func NetnsDial(name string) func(ctx context.Context, network, addr string) (net
 // WaitFor polls cond every 20 ms until it returns true or timeout passes.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitfor.Within(t, timeout, what, cond)
 }
 
 // AttachedPrograms returns the IDs of the programs attached to the cgroup

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/meshlet/meshlet/internal/waitfor"
 )
 
 // testBreaker is a circuit breaker with fixed limits (connections and
@@ -152,18 +154,6 @@ func TestCircuitBreaker(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds (10 s at most).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // max_connections and max_pending_requests (Istio's maxConnections and
 // http1MaxPendingRequests) on the HTTP/1.1 pool: with one connection
 // allowed, a second request waits for it and gets it when the first
@@ -220,7 +210,7 @@ func TestCircuitBreakerPending(t *testing.T) {
 		code, body, _ := do("/second", context.Background())
 		waiting <- result{code, body}
 	}()
-	waitFor(t, "the second request to wait for a connection", func() bool { return b.pending.Load() == 1 })
+	waitfor.Cond(t, "the second request to wait for a connection", func() bool { return b.pending.Load() == 1 })
 	code, body, err := do("/third", context.Background())
 	if err != nil || code != 503 || !strings.Contains(body, "overflow") {
 		t.Fatalf("third request with the pending slot taken: %d %q %v, want 503 overflow", code, body, err)
@@ -249,10 +239,10 @@ func TestCircuitBreakerPending(t *testing.T) {
 		_, _, err := do("/gives-up", ctx)
 		gaveUp <- err
 	}()
-	waitFor(t, "the request to wait", func() bool { return b.pending.Load() == 1 })
+	waitfor.Cond(t, "the request to wait", func() bool { return b.pending.Load() == 1 })
 	cancel()
 	<-gaveUp
-	waitFor(t, "the pending slot to come back", func() bool { return b.pending.Load() == 0 })
+	waitfor.Cond(t, "the pending slot to come back", func() bool { return b.pending.Load() == 0 })
 	close(release)
 	if r := <-held; r.code != 200 {
 		t.Fatalf("held request: %+v", r)
@@ -356,7 +346,7 @@ func TestCircuitBreakerWaitTimeout(t *testing.T) {
 	if code := <-held; code != 200 {
 		t.Fatalf("held request: %d", code)
 	}
-	waitFor(t, "the held request's outcome", func() bool { return len(hl.reported()) == 1 })
+	waitfor.Cond(t, "the held request's outcome", func() bool { return len(hl.reported()) == 1 })
 	if got := hl.reported(); got[0] != 200 {
 		t.Errorf("reported %v, want [200]", got)
 	}

@@ -8,12 +8,12 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	grpchealth "google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/meshlet/meshlet/internal/waitfor"
 	"github.com/meshlet/meshlet/pkg/health"
 	"github.com/meshlet/meshlet/pkg/resources"
 	"github.com/meshlet/meshlet/pkg/state"
@@ -37,17 +37,6 @@ func build(t *testing.T, hc string, extra string, eps ...netip.AddrPort) *state.
 		t.Fatal(err)
 	}
 	return s
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func freePort(t *testing.T) netip.AddrPort {
@@ -84,7 +73,7 @@ func TestTCPHealthCheck(t *testing.T) {
 		t.Fatal(errs)
 	}
 	cl := snap.Clusters["c"]
-	waitFor(t, "the closed port marked down", func() bool { return cl.Endpoints[1].Ejected() })
+	waitfor.Cond(t, "the closed port marked down", func() bool { return cl.Endpoints[1].Ejected() })
 	if cl.Endpoints[0].Ejected() {
 		t.Fatal("the listening endpoint marked down")
 	}
@@ -114,7 +103,7 @@ func TestTCPHealthCheck(t *testing.T) {
 			c.Close()
 		}
 	}()
-	waitFor(t, "the endpoint back", func() bool { return !snap2.Clusters["c"].Endpoints[1].Ejected() })
+	waitfor.Cond(t, "the endpoint back", func() bool { return !snap2.Clusters["c"].Endpoints[1].Ejected() })
 }
 
 func TestHTTPHealthCheck(t *testing.T) {
@@ -139,12 +128,12 @@ func TestHTTPHealthCheck(t *testing.T) {
 	defer ch.Close()
 	ch.Sync(snap)
 	e := snap.Clusters["c"].Endpoints[0]
-	waitFor(t, "503 marks it down", e.Ejected)
+	waitfor.Cond(t, "503 marks it down", e.Ejected)
 	if got := host.Load(); got != "c /healthz" {
 		t.Errorf("check request %q, want host c (the cluster) and /healthz", got)
 	}
 	ok.Store(true)
-	waitFor(t, "200s bring it back", func() bool { return !e.Ejected() })
+	waitfor.Cond(t, "200s bring it back", func() bool { return !e.Ejected() })
 
 	// Unsupported checkers are reported, not run.
 	custom := build(t, `{"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
@@ -175,7 +164,7 @@ func TestGRPCHealthCheck(t *testing.T) {
 		t.Fatal(errs)
 	}
 	e := snap.Clusters["c"].Endpoints[0]
-	waitFor(t, "NOT_SERVING marks it down", e.Ejected)
+	waitfor.Cond(t, "NOT_SERVING marks it down", e.Ejected)
 	hs.SetServingStatus("reviews", healthpb.HealthCheckResponse_SERVING)
-	waitFor(t, "SERVING brings it back", func() bool { return !e.Ejected() })
+	waitfor.Cond(t, "SERVING brings it back", func() bool { return !e.Ejected() })
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshlet/meshlet/internal/waitfor"
 	"github.com/meshlet/meshlet/pkg/accesslog"
 	"github.com/meshlet/meshlet/pkg/proxy"
 	"github.com/meshlet/meshlet/pkg/state"
@@ -97,7 +98,7 @@ func TestXDSAccessLogs(t *testing.T) {
 	read := func(path string, lines int) []string {
 		t.Helper()
 		var got []string
-		waitFor(t, path+" lines", func() bool {
+		waitfor.Cond(t, path+" lines", func() bool {
 			if err := files.Flush(); err != nil {
 				t.Fatal(err)
 			}
@@ -161,14 +162,14 @@ func TestTCPMaxConnections(t *testing.T) {
 	roundTrip(t, first, "still here\n")
 	first.Close()
 	// The slot is given back: a new connection works.
-	waitFor(t, "the slot given back", func() bool {
+	waitfor.Cond(t, "the slot given back", func() bool {
 		c, _, _ := snap.Clusters["db"].Breaker.InFlight()
 		return c == 0
 	})
 	again := h.dial(t, "10.0.0.6:5432")
 	readGreeting(t, again)
 	again.Close()
-	waitFor(t, "three log lines", func() bool {
+	waitfor.Cond(t, "three log lines", func() bool {
 		files.Flush()
 		b, _ := os.ReadFile(logPath)
 		return strings.Count(string(b), "\n") == 3

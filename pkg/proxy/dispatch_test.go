@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"testing"
 
+	"github.com/meshlet/meshlet/internal/waitfor"
 	"github.com/meshlet/meshlet/pkg/proxy"
 )
 
@@ -68,7 +69,7 @@ func TestDispatch(t *testing.T) {
 			c := h.dial(t, tc.dst)
 			if tc.want == "" {
 				expectClosed(t, c)
-				waitFor(t, "the unmatched connection to be counted", func() bool { return h.p.Stats().NoListener == noLis+1 })
+				waitfor.Cond(t, "the unmatched connection to be counted", func() bool { return h.p.Stats().NoListener == noLis+1 })
 				if n := accepted(); n != before {
 					t.Errorf("an unmatched connection reached an upstream")
 				}
@@ -108,7 +109,7 @@ func TestNoListenerClosesAndCounts(t *testing.T) {
 			before := up.accepted.Load()
 			c := h.dial(t, tc.dst)
 			expectClosed(t, c)
-			waitFor(t, "NoListener to count the connection", func() bool { return h.p.Stats().NoListener == 1 })
+			waitfor.Cond(t, "NoListener to count the connection", func() bool { return h.p.Stats().NoListener == 1 })
 			s := h.p.Stats()
 			if s.Accepted != 1 || s.UpstreamFail != 0 {
 				t.Errorf("stats %+v: want 1 accepted, no upstream failure", s)

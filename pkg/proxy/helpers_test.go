@@ -23,18 +23,6 @@ import (
 // 2-core machine, short enough that a hang fails rather than stalls.
 const testTimeout = 10 * time.Second
 
-// waitFor polls cond until it holds or testTimeout passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", testTimeout, what)
-		}
-		time.Sleep(2 * time.Millisecond) // polling interval, not synchronisation
-	}
-}
-
 // recv waits for a value on ch, bounded.
 func recv[T any](t *testing.T, what string, ch <-chan T) T {
 	t.Helper()

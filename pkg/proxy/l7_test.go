@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/h2c"
 
+	"github.com/meshlet/meshlet/internal/waitfor"
 	"github.com/meshlet/meshlet/pkg/proxy"
 )
 
@@ -115,7 +116,7 @@ func TestHTTPChainRoutes(t *testing.T) {
 			if n := h.p.Stats().HTTPConns; n != 1 {
 				t.Errorf("HTTPConns %d, want 1", n)
 			}
-			waitFor(t, "one access log entry", func() bool { return logs.FilterMessage("access").Len() == 1 })
+			waitfor.Cond(t, "one access log entry", func() bool { return logs.FilterMessage("access").Len() == 1 })
 			e := logs.FilterMessage("access").All()[0].ContextMap()
 			if e["path"] != "/hello" || e["response_code"] != int64(200) {
 				t.Errorf("access log entry %v", e)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshlet/meshlet/internal/waitfor"
 	"github.com/meshlet/meshlet/pkg/proxy"
 	"github.com/meshlet/meshlet/pkg/state"
 )
@@ -133,7 +134,7 @@ func TestOnDemandClusterTCP(t *testing.T) {
 					t.Errorf("fetch context ended with %v, want deadline exceeded", p)
 				}
 			}
-			waitFor(t, "the failure to be counted", func() bool { return h.p.Stats().UpstreamFail == 1 })
+			waitfor.Cond(t, "the failure to be counted", func() bool { return h.p.Stats().UpstreamFail == 1 })
 			if n := up.accepted.Load(); n != before {
 				t.Errorf("a connection whose cluster never arrived reached the upstream")
 			}

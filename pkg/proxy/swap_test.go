@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"testing"
 
+	"github.com/meshlet/meshlet/internal/waitfor"
 	"github.com/meshlet/meshlet/pkg/proxy"
 )
 
@@ -49,5 +50,5 @@ func TestUpdateKeepsEstablishedConnections(t *testing.T) {
 		t.Errorf("upstream connections a=%d b=%d, want 1 each", a.accepted.Load(), b.accepted.Load())
 	}
 	// The refused connection leaves Active just after its socket closes.
-	waitFor(t, "Active to count only the 2 established connections", func() bool { return h.p.Stats().Active == 2 })
+	waitfor.Cond(t, "Active to count only the 2 established connections", func() bool { return h.p.Stats().Active == 2 })
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshlet/meshlet/internal/waitfor"
 	"github.com/meshlet/meshlet/pkg/proxy"
 )
 
@@ -98,7 +99,7 @@ func TestTCPProxyRelaysBytesBothWaysWithoutSplice(t *testing.T) {
 			if !bytes.Equal(got, want) {
 				t.Fatalf("echo differs: got %d bytes, want %d (first difference at %d)", len(got), len(want), firstDiff(got, want))
 			}
-			waitFor(t, "byte counters", func() bool {
+			waitfor.Cond(t, "byte counters", func() bool {
 				s := h.p.Stats()
 				return s.BytesUp == uint64(tc.size) && s.BytesDown == uint64(tc.size)
 			})
@@ -117,7 +118,7 @@ func TestTCPProxyRelaysBytesBothWaysWithoutSplice(t *testing.T) {
 			if n, m := spy.readFroms.Load(), spy.writeTos.Load(); n != 0 || m != 0 {
 				t.Errorf("the relay used ReadFrom %d times and WriteTo %d times (io.Copy, which splices); want plain Read/Write", n, m)
 			}
-			waitFor(t, "the connection to end", func() bool { return h.p.Stats().Active == 0 })
+			waitfor.Cond(t, "the connection to end", func() bool { return h.p.Stats().Active == 0 })
 		})
 	}
 }
@@ -238,7 +239,7 @@ func TestTCPProxyUpstreamFailureClosesClient(t *testing.T) {
 			if d := time.Since(start); d > 5*time.Second {
 				t.Errorf("closing the client took %v", d)
 			}
-			waitFor(t, "the upstream failure to be counted", func() bool { return h.p.Stats().UpstreamFail == 1 })
+			waitfor.Cond(t, "the upstream failure to be counted", func() bool { return h.p.Stats().UpstreamFail == 1 })
 			if s := h.p.Stats(); s.BytesUp != 0 || s.BytesDown != 0 || s.NoListener != 0 {
 				t.Errorf("stats %+v: want only the upstream failure", s)
 			}
@@ -337,11 +338,11 @@ func TestTCPProxyKernelForwarding(t *testing.T) {
 		if calls[1].from != wantDown || calls[1].via != wantDownVia {
 			t.Errorf("downward: Forward(%+v, %+v), want Forward(%+v, %+v)", calls[1].from, calls[1].via, wantDown, wantDownVia)
 		}
-		waitFor(t, "the relayed byte totals", func() bool {
+		waitfor.Cond(t, "the relayed byte totals", func() bool {
 			return calls[0].relayed.Load() == 8 && calls[1].relayed.Load() == uint64(len("backend\n")+8)
 		})
 		c.Close()
-		waitFor(t, "both forwardings to stop", func() bool {
+		waitfor.Cond(t, "both forwardings to stop", func() bool {
 			return calls[0].stopped.Load() == 1 && calls[1].stopped.Load() == 1
 		})
 	})

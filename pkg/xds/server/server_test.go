@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshlet/meshlet/internal/waitfor"
 	"github.com/meshlet/meshlet/pkg/resources"
 	"github.com/meshlet/meshlet/pkg/xds"
 	"github.com/meshlet/meshlet/pkg/xds/server"
@@ -57,17 +58,6 @@ func (r *rec) get() *resources.Set {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.last
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond) // polling a condition, bounded
-	}
 }
 
 func sameSet(a, b *resources.Set) bool {
@@ -146,7 +136,7 @@ func TestFileReloadAndBrokenEdit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "initial file content at the client", func() bool { return sameSet(r.get(), want) })
+	waitfor.Cond(t, "initial file content at the client", func() bool { return sameSet(r.get(), want) })
 
 	// Edit: new timeout and a second listener.
 	v2 := strings.Replace(bootstrapV1, "connect_timeout: 1s", "connect_timeout: 5s", 1) + `
@@ -161,7 +151,7 @@ func TestFileReloadAndBrokenEdit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "edited file content at the client", func() bool { return sameSet(r.get(), want2) })
+	waitfor.Cond(t, "edited file content at the client", func() bool { return sameSet(r.get(), want2) })
 	_, ver2 := s.Current()
 
 	// Broken edits: syntax error, then a resource failing validation.
@@ -172,7 +162,7 @@ func TestFileReloadAndBrokenEdit(t *testing.T) {
 		if err := os.WriteFile(path, []byte(broken), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the broken file to be reported", func() bool { return s.LastError() != nil })
+		waitfor.Cond(t, "the broken file to be reported", func() bool { return s.LastError() != nil })
 		t.Logf("reported: %v", s.LastError())
 		if !strings.Contains(s.LastError().Error(), "still serving the previous resources") {
 			t.Fatalf("unclear error: %v", s.LastError())
@@ -187,7 +177,7 @@ func TestFileReloadAndBrokenEdit(t *testing.T) {
 		if err := os.WriteFile(path, []byte(v2), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "recovery", func() bool { return s.LastError() == nil })
+		waitfor.Cond(t, "recovery", func() bool { return s.LastError() == nil })
 	}
 }
 
@@ -226,7 +216,7 @@ func TestUnixSocket(t *testing.T) {
 	go func() { done <- s.Serve(ctx, lis) }()
 	defer func() { cancel(); <-done }()
 	r := client(t, "unix://"+sock, true)
-	waitFor(t, "config over the unix socket", func() bool { return sameSet(r.get(), set) })
+	waitfor.Cond(t, "config over the unix socket", func() bool { return sameSet(r.get(), set) })
 }
 
 func mustListener(t *testing.T) *listenerT {
