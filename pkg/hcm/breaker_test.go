@@ -22,6 +22,7 @@ type testBreaker struct {
 	maxRetry            atomic.Int64 // changed by the test while the proxy runs
 	req, retry          atomic.Int64
 	conns, pending      atomic.Int64
+	peakConns           atomic.Int64 // the most connection slots taken at once
 }
 
 func tryUpTo(n *atomic.Int64, limit int64) bool {
@@ -31,10 +32,18 @@ func tryUpTo(n *atomic.Int64, limit int64) bool {
 	}
 	return true
 }
-func (b *testBreaker) TryConnection() bool { return tryUpTo(&b.conns, b.maxConn) }
-func (b *testBreaker) DoneConnection()     { b.conns.Add(-1) }
-func (b *testBreaker) TryPending() bool    { return tryUpTo(&b.pending, b.maxPending) }
-func (b *testBreaker) DonePending()        { b.pending.Add(-1) }
+func (b *testBreaker) TryConnection() bool {
+	if !tryUpTo(&b.conns, b.maxConn) {
+		return false
+	}
+	for n := b.conns.Load(); n > b.peakConns.Load(); n = b.conns.Load() {
+		b.peakConns.CompareAndSwap(b.peakConns.Load(), n)
+	}
+	return true
+}
+func (b *testBreaker) DoneConnection()  { b.conns.Add(-1) }
+func (b *testBreaker) TryPending() bool { return tryUpTo(&b.pending, b.maxPending) }
+func (b *testBreaker) DonePending()     { b.pending.Add(-1) }
 
 func (b *testBreaker) TryRequest() bool {
 	if b.req.Add(1) > b.maxReq {
@@ -356,4 +365,67 @@ func TestCircuitBreakerWaitTimeout(t *testing.T) {
 	if e := env.log.waitEntries(t, 2)[0]; e.Flags != FlagUpstreamTimeout {
 		t.Errorf("timed-out request: flags %q, want UT", e.Flags)
 	}
+}
+
+// Many clients at once against max_connections 2 and max_pending_requests
+// 8, some giving up early: every request is answered 200 or 503 overflow
+// (or ends with its client), the pool never holds more than 2 connections
+// at once, and every pending slot comes back.
+func TestCircuitBreakerPoolStress(t *testing.T) {
+	st := newUpstreams()
+	st.set("c", ep(startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(time.Millisecond) // hold the connection a little
+		io.WriteString(w, "ok")
+	}))))
+	b := &testBreaker{maxReq: 1000, maxConn: 2, maxPending: 8}
+	hcm := `{"stat_prefix": "b", "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
+	  "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]}]}}`
+	env := startProxy(t, mustHCM(t, hcm), nil, breakerUpstreams{st, b, nil})
+	var ok, overflow, gaveUp atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 24 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &http.Client{Transport: &http.Transport{}}
+			defer c.CloseIdleConnections()
+			for i := range 15 {
+				ctx, cancel := context.WithCancel(context.Background())
+				if (g+i)%5 == 0 {
+					ctx, cancel = context.WithTimeout(context.Background(), 2*time.Millisecond)
+				}
+				req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+env.addr+"/", nil)
+				req.Host = "svc.test"
+				resp, err := c.Do(req)
+				if err != nil {
+					cancel()
+					gaveUp.Add(1)
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				cancel()
+				switch {
+				case resp.StatusCode == 200:
+					ok.Add(1)
+				case resp.StatusCode == 503 && strings.Contains(string(body), "overflow"):
+					overflow.Add(1)
+				default:
+					t.Errorf("answer %d %q", resp.StatusCode, body)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	waitfor.Cond(t, "every pending slot back", func() bool { return b.pending.Load() == 0 })
+	if p := b.peakConns.Load(); p > 2 || p < 1 {
+		t.Errorf("the pool held %d connections at once, want 1 or 2", p)
+	}
+	if ok.Load() == 0 || overflow.Load() == 0 {
+		t.Errorf("%d served, %d overflowed, %d gave up: want both answers seen", ok.Load(), overflow.Load(), gaveUp.Load())
+	}
+	if c := b.conns.Load(); c > 2 || c < 0 {
+		t.Errorf("%d connection slots taken after the run", c)
+	}
+	t.Logf("%d served, %d overflowed, %d gave up", ok.Load(), overflow.Load(), gaveUp.Load())
 }
