@@ -528,9 +528,17 @@ func (a *Agent) adminHandler() http.Handler {
 			http.Error(w, fmt.Sprintf("mode %q: want on or off", m), http.StatusBadRequest)
 			return
 		}
+		before := a.dp.Accel()
 		if err := a.dp.SetAccel(acc); err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
+		}
+		if before.IntoApp != acc.IntoApp {
+			// A socket keeps the sk_msg program it entered the sockhash
+			// with: pooled upstream connections made before the switch
+			// would stay as they were (and once sent through TCP, a
+			// connection must stay there). New ones take the new mode.
+			a.proxy.RenewUpstreams()
 		}
 		a.mu.Lock()
 		a.mode.Acceleration = accelName(acc)

@@ -259,7 +259,12 @@ func (p *Pools) Retain(keep func(cluster string) bool) {
 	}
 }
 
-// Close closes every idle pooled connection; in-flight requests finish.
+// Close retires every pooled connection: idle ones close now, HTTP/1.1
+// ones in use when their exchange ends, the transports' (HTTP/2, and
+// HTTP/1.1 requests net/http carries) once idle; in-flight requests finish.
+// The pools stay usable: requests after it open new connections, which is
+// how a change that applies only to sockets made after it (the agent's
+// into_app acceleration) reaches the upstream connections too.
 func (p *Pools) Close() {
 	p.Retain(func(string) bool { return false })
 }

@@ -134,6 +134,10 @@ func (l *l7) retain(snap *state.Snapshot) {
 	l.pools.Retain(func(cluster string) bool { return snap.Clusters[cluster] != nil })
 }
 
+// renewUpstreams retires the pooled upstream connections (hcm.Pools.Close):
+// requests from now on open new ones.
+func (l *l7) renewUpstreams() { l.pools.Close() }
+
 func (l *l7) close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()

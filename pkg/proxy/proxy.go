@@ -149,6 +149,12 @@ func (p *Proxy) Update(s *state.Snapshot) {
 // stays.
 func (p *Proxy) Check(s *state.Snapshot) error { return p.l7.check(s) }
 
+// RenewUpstreams retires the HTTP upstream connections the proxy pools, so
+// that requests from now on go over new sockets: the ones in use finish
+// their exchange first. The agent calls it when a change of the data path
+// applies only to sockets made after it (into_app acceleration).
+func (p *Proxy) RenewUpstreams() { p.l7.renewUpstreams() }
+
 // Snapshot returns the config in force.
 func (p *Proxy) Snapshot() *state.Snapshot { return p.snap.Load() }
 

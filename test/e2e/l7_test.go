@@ -609,3 +609,34 @@ func TestL7GRPC(t *testing.T) {
 	}
 	checkAccelerated(t, m)
 }
+
+// Switching into_app renews the agent's pooled upstream connections: a
+// socket keeps the sk_msg program it entered the sockhash with, so the
+// connections pooled before the switch would keep the old mode.
+func TestL7AccelSwitchRenewsUpstreams(t *testing.T) {
+	need(t, "curl")
+	m, u := startL7(t)
+	get := func() {
+		t.Helper()
+		out := run(t, m.app("curl", "-sS", "--max-time", "10", "http://"+l7HTTPVIP+"/renew"))
+		if !strings.Contains(out, "cluster=a path=/renew") {
+			t.Fatalf("curl: got %q", out)
+		}
+	}
+	m.setAccel(false)
+	get()
+	base := u.connCount("a")
+	get()
+	if n := u.connCount("a"); n != base {
+		t.Fatalf("%d upstream connections after a second request, want %d (pooled)", n, base)
+	}
+	for i, intoApp := range []bool{true, false} {
+		m.setAccel(intoApp)
+		get()
+		get()
+		if n := u.connCount("a"); n != base+i+1 {
+			t.Errorf("into_app %v: %d upstream connections, want %d (one new, then pooled)", intoApp, n, base+i+1)
+		}
+	}
+	checkAccelerated(t, m)
+}
