@@ -517,6 +517,19 @@ func (b *upBody) Close() error {
 	return nil
 }
 
+// takeHeader hands the response's header map over to the caller, when the
+// connection parsed it into its own reused map (readFastResponse): the
+// connection keeps m, emptied, for its next response instead. false: the
+// map is net/http's and stays with the response.
+func (b *upBody) takeHeader(m http.Header) bool {
+	if b.body != nil || b.u.resp.Header == nil {
+		return false
+	}
+	clear(m)
+	b.u.hdr = m
+	return true
+}
+
 // readFast reads a Content-Length body; the last bytes come with io.EOF.
 func (b *upBody) readFast(p []byte) (int, error) {
 	if b.left == 0 {

@@ -237,16 +237,24 @@ func (s *stream) rateLimit(rt *route) bool {
 // reportHealth tells outlier detection how an attempt to ep went, unless
 // the stream itself ended it (the client left, a timeout of ours).
 func (s *stream) reportHealth(ep Endpoint, resp *http.Response, err error, perTry bool) {
-	var we *waitError
 	switch {
-	case ep.Health == nil, errors.Is(err, errOverflow), errors.As(err, &we): // the host never saw the request
+	case ep.Health == nil:
 	case err == nil:
 		ep.Health.Report(resp.StatusCode)
+	case neverSent(err): // the host never saw the request
 	case perTry:
 		ep.Health.Report(http.StatusGatewayTimeout)
 	case s.ctx.Err() == nil:
 		ep.Health.Report(http.StatusServiceUnavailable)
 	}
+}
+
+// neverSent reports whether an attempt failed before its request reached
+// the upstream host: the circuit breaker refused it, or it ended while
+// waiting for a pooled connection.
+func neverSent(err error) bool {
+	var we *waitError
+	return errors.Is(err, errOverflow) || errors.As(err, &we)
 }
 
 // setUpstreamURL makes u the URL of an upstream request for the request
@@ -748,10 +756,7 @@ func (m *Manager) serve1(s *stream) {
 	s.e.FirstByte = upStart.Sub(s.start) + s.e.UpstreamTime
 	s.touch()
 
-	h := s.w.Header()
-	for k, vv := range resp.Header {
-		h[k] = vv
-	}
+	h := s.responseHeader(resp)
 	stripHopByHop(h, false)
 	s.e.Code, s.e.RespHeaders, s.e.Details = resp.StatusCode, h, "via_upstream"
 	applyHeaderOps(h, rt.respAdd, rt.respDel, &s.e)
@@ -810,6 +815,25 @@ func (m *Manager) serve1(s *stream) {
 	if len(resp.Trailer) > 0 && m.alog != nil {
 		s.e.RespTrailers = resp.Trailer.Clone() // the transport's map may be reused
 	}
+}
+
+// responseHeader makes the upstream response's header fields the
+// downstream response's and returns that map. The HTTP/1.1 fast path takes
+// the map the upstream connection parsed into, giving the connection the
+// writer's empty one for its next response, rather than copying it field
+// by field; otherwise the fields are copied.
+func (s *stream) responseHeader(resp *http.Response) http.Header {
+	h := s.w.Header()
+	if fw, ok := s.w.(*fastRW); ok && len(h) == 0 {
+		if ub, ok := resp.Body.(*upBody); ok && ub.takeHeader(h) {
+			fw.h = resp.Header
+			return resp.Header
+		}
+	}
+	for k, vv := range resp.Header {
+		h[k] = vv
+	}
+	return h
 }
 
 // upstreamFailed classifies an upstream error and answers locally (before
