@@ -122,7 +122,13 @@ func (m *Manager) serveH1(ctx context.Context, sc *serverConn) error {
 	c := &fastConn{m: m, sc: sc, raw: sc.Conn, remote: sc.RemoteAddr().String()}
 	var w io.Writer
 	c.ds.r, w = newRawIO(c.raw)
-	c.ctx = context.WithValue(ctx, connInfoKey{}, &sc.info)
+	// Requests derive from the connection's values but not its
+	// cancellation: registering each request with the connection's
+	// context and removing it again cost more than the rest of the
+	// request's context. The connection ending closes its socket
+	// (ServeConn), and a request still running then is cancelled by the
+	// watcher that sees the socket fail (startWatch, within watchDelay).
+	c.ctx = context.WithoutCancel(context.WithValue(ctx, connInfoKey{}, &sc.info))
 	c.br = fastReaders.Get().(*bufio.Reader)
 	c.br.Reset(&c.ds)
 	c.bw = fastWriters.Get().(*bufio.Writer)
