@@ -320,8 +320,15 @@ func (hp *h1Pool) close() {
 	}
 }
 
-// headers the request line and our own framing write; never copied.
-var fastExcluded = map[string]bool{"Host": true, "User-Agent": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true}
+// fastExcluded: the headers the request line and our own framing write;
+// never copied.
+func fastExcluded(k string) bool {
+	switch k {
+	case "Host", "User-Agent", "Content-Length", "Transfer-Encoding", "Trailer":
+		return true
+	}
+	return false
+}
 
 // writeHead serialises the request head into bw.
 func writeHead(bw *bytes.Buffer, req *http.Request, body []byte) error {
@@ -342,7 +349,7 @@ func writeHead(bw *bytes.Buffer, req *http.Request, body []byte) error {
 		_, _ = bw.WriteString("User-Agent: " + ua[0] + "\r\n")
 	}
 	for k, vv := range req.Header {
-		if fastExcluded[k] {
+		if fastExcluded(k) {
 			continue
 		}
 		if !httpguts.ValidHeaderFieldName(k) {

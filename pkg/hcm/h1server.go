@@ -853,15 +853,19 @@ func (w *fastRW) sendHead(done bool) {
 		h["Connection"] = []string{"close"}
 	}
 	bw := w.c.bw
-	_, _ = bw.WriteString("HTTP/1.1 ")
-	_, _ = bw.WriteString(strconv.Itoa(w.code))
-	_ = bw.WriteByte(' ')
-	if t := http.StatusText(w.code); t != "" {
-		_, _ = bw.WriteString(t)
+	if w.code == http.StatusOK {
+		_, _ = bw.WriteString("HTTP/1.1 200 OK\r\n")
 	} else {
-		_, _ = bw.WriteString("status code " + strconv.Itoa(w.code))
+		_, _ = bw.WriteString("HTTP/1.1 ")
+		_, _ = bw.WriteString(strconv.Itoa(w.code))
+		_ = bw.WriteByte(' ')
+		if t := http.StatusText(w.code); t != "" {
+			_, _ = bw.WriteString(t)
+		} else {
+			_, _ = bw.WriteString("status code " + strconv.Itoa(w.code))
+		}
+		_, _ = bw.WriteString("\r\n")
 	}
-	_, _ = bw.WriteString("\r\n")
 	for k, vv := range h {
 		if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix {
 			continue
