@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/textproto"
 	"slices"
 	"strconv"
 	"strings"
@@ -659,28 +658,15 @@ func parseResponseHead(head []byte, h http.Header, resp *http.Response) (*http.R
 	if rest != "" {
 		nh = strings.Count(rest, "\r\n") + 1
 	}
-	vals := make([]string, nh) // backing store: one []string per header, cap 1
+	f := newHeadFields(h, nh)
 	cl := int64(-1)
 	for i := 0; rest != ""; i++ {
 		var l string
 		l, rest, _ = strings.Cut(rest, "\r\n")
-		colon := strings.IndexByte(l, ':')
-		if colon <= 0 {
+		k, v, ok := f.add(i, l)
+		if !ok {
 			return nil, 0, false
 		}
-		k := l[:colon]
-		for j := 0; j < len(k); j++ {
-			if !httpguts.IsTokenRune(rune(k[j])) {
-				return nil, 0, false
-			}
-		}
-		v := strings.Trim(l[colon+1:], " \t")
-		for j := 0; j < len(v); j++ {
-			if c := v[j]; (c < ' ' && c != '\t') || c == 0x7f {
-				return nil, 0, false
-			}
-		}
-		k = textproto.CanonicalMIMEHeaderKey(k) // no allocation when already canonical
 		switch k {
 		case "Transfer-Encoding", "Trailer", "Pragma":
 			return nil, 0, false
@@ -696,12 +682,6 @@ func parseResponseHead(head []byte, h http.Header, resp *http.Response) (*http.R
 				}
 				cl = cl*10 + int64(c-'0')
 			}
-		}
-		if vv, ok := h[k]; ok {
-			h[k] = append(vv, v)
-		} else {
-			vals[i] = v
-			h[k] = vals[i : i+1 : i+1]
 		}
 	}
 	if cl < 0 {

@@ -384,6 +384,8 @@ func FuzzParseResponseHead(f *testing.F) {
 		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: a\x7fb\r\n\r\nab",
 		"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nab",
 		"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+		// More fields than headFields remembers, with a repeat past them.
+		"HTTP/1.1 200 OK\r\nX-H0: v0\r\nX-H1: v1\r\nX-H2: v2\r\nX-H3: v3\r\nX-H4: v4\r\nX-H5: v5\r\nX-H6: v6\r\nX-H7: v7\r\nX-H8: v8\r\nX-H9: v9\r\nX-H10: v10\r\nX-H11: v11\r\nX-H12: v12\r\nX-H13: v13\r\nX-H14: v14\r\nX-H15: v15\r\nX-H16: v16\r\nX-H17: v17\r\nX-H18: v18\r\nX-H19: v19\r\nX-H20: v20\r\nX-H21: v21\r\nX-H22: v22\r\nX-H23: v23\r\nX-H24: v24\r\nX-H25: v25\r\nX-H26: v26\r\nX-H27: v27\r\nX-H28: v28\r\nX-H29: v29\r\nX-H3: again\r\nContent-Length: 2\r\n\r\nab",
 	} {
 		f.Add(s)
 	}

@@ -373,31 +373,12 @@ func (c *fastConn) parse(head []byte) (http.Request, bool) {
 	} else {
 		clear(h)
 	}
-	vals := make([]string, nh)
+	f := newHeadFields(h, nh)
 	for i := 0; rest != ""; i++ {
 		var l string
 		l, rest, _ = strings.Cut(rest, "\r\n")
-		colon := strings.IndexByte(l, ':')
-		if colon <= 0 {
+		if _, _, ok := f.add(i, l); !ok {
 			return http.Request{}, false
-		}
-		for j := 0; j < colon; j++ {
-			if !httpguts.IsTokenRune(rune(l[j])) {
-				return http.Request{}, false
-			}
-		}
-		v := strings.Trim(l[colon+1:], " \t")
-		for j := 0; j < len(v); j++ {
-			if b := v[j]; (b < ' ' && b != '\t') || b == 0x7f {
-				return http.Request{}, false
-			}
-		}
-		k := textproto.CanonicalMIMEHeaderKey(l[:colon]) // no allocation when already canonical
-		if vv, ok := h[k]; ok {
-			h[k] = append(vv, v)
-		} else {
-			vals[i] = v
-			h[k] = vals[i : i+1 : i+1]
 		}
 	}
 	hv := h["Host"]
