@@ -227,15 +227,12 @@ func (hp *h1Pool) releaseLocked(u *upConn) {
 	}
 }
 
-// wakeLocked removes and returns the oldest waiter for addr (any address
-// when addr is empty), waking it with nil; false: none.
-func (hp *h1Pool) wakeLocked(addr string) bool {
-	w := hp.takeWaiterLocked(addr)
-	if w == nil {
-		return false
+// wakeLocked wakes the oldest waiter for addr (any address when addr is
+// empty), if any, with nil: it looks again.
+func (hp *h1Pool) wakeLocked(addr string) {
+	if w := hp.takeWaiterLocked(addr); w != nil {
+		w.ch <- nil
 	}
-	w.ch <- nil
-	return true
 }
 
 // takeWaiterLocked removes the oldest waiter for addr (any when empty).
