@@ -203,3 +203,46 @@ func TestConnIdleTimeout(t *testing.T) {
 		t.Fatalf("idle connection: read %v, %v; want EOF (closed by the idle timeout)", n, err)
 	}
 }
+
+// The stream idle timeout counts activity, not age: a fast-path response
+// trickling a chunk every 60 ms for ten times the timeout (0.3 s) is never
+// quiet for it and arrives whole, though its timer was armed late (after
+// the watch delay) and the activity before was not recorded; one that goes
+// quiet after its first chunk is cut.
+func TestStreamIdleCountsActivity(t *testing.T) {
+	up := newUpstreams()
+	up.set("idle", ep(startHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fl := w.(http.Flusher)
+		n := 50
+		if r.URL.Path == "/idle/quiet" {
+			n = 1
+		}
+		for i := range n {
+			fmt.Fprintf(w, "chunk %d\n", i)
+			fl.Flush()
+			time.Sleep(60 * time.Millisecond)
+		}
+		if n == 1 {
+			time.Sleep(2 * time.Second)
+		}
+	}))))
+	p := startProxy(t, mustHCM(t, limitsHCM), nil, up)
+	get := func(path string) (string, error) {
+		resp, err := http.Get("http://" + p.addr + path)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	body, err := get("/idle/trickle")
+	if err != nil || strings.Count(body, "chunk") != 50 {
+		t.Fatalf("trickling response: %d chunks, %v; want all 50", strings.Count(body, "chunk"), err)
+	}
+	start := time.Now()
+	body, err = get("/idle/quiet")
+	if err == nil || time.Since(start) > 1500*time.Millisecond {
+		t.Errorf("quiet response: %q, %v after %v; want it cut at the idle timeout", body, err, time.Since(start))
+	}
+}

@@ -110,8 +110,12 @@ func (s *stream) addFlag(f string) {
 	}
 }
 
+// touch records activity for the stream idle timeout. Only a stream whose
+// timer runs needs it: a fast-path stream's timer is armed late, if at all
+// (armLate, which counts its arming as activity), so until then a touch
+// costs no clock read.
 func (s *stream) touch() {
-	if s.idle > 0 {
+	if s.idle > 0 && s.t.Load() != nil {
 		s.last.Store(int64(time.Since(s.start)))
 	}
 }
@@ -146,7 +150,9 @@ func (s *stream) armTimer() {
 // fastConn.deferTimer): checkTimer then fires when firstTimeout is due
 // counted from the start, or at once.
 func (s *stream) armLate() {
-	d := s.firstTimeout() - time.Since(s.start)
+	now := time.Since(s.start)
+	s.last.Store(int64(now)) // touches before went unrecorded (touch)
+	d := s.firstTimeout() - now
 	s.t.Store(time.AfterFunc(max(d, 0), s.checkTimer))
 }
 
