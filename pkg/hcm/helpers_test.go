@@ -20,9 +20,9 @@ import (
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/meshlet/meshlet/internal/testlog"
 	"github.com/meshlet/meshlet/pkg/accesslog"
 	"github.com/meshlet/meshlet/pkg/sniff"
 )
@@ -158,7 +158,7 @@ func startProxy(t testing.TB, cfg *hcmv3.HttpConnectionManager, routes RouteSour
 	t.Helper()
 	pools := NewPools(PoolOptions{})
 	log := &memLog{}
-	o := Options{Pools: pools, Log: zaptest.NewLogger(t), AccessLog: log}
+	o := Options{Pools: pools, Log: testlog.New(t), AccessLog: log}
 	for _, f := range opts {
 		f(&o)
 	}

@@ -11,9 +11,9 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/meshlet/meshlet/internal/privtest"
+	"github.com/meshlet/meshlet/internal/testlog"
 )
 
 func TestMain(m *testing.M) {
@@ -50,7 +50,7 @@ func newSandbox(t *testing.T, accel Accel) *sandbox {
 	dp, err := Load(Options{
 		Cgroup: s.cg, PinPath: s.pin,
 		Proxy: netip.MustParseAddrPort(s.lis.Addr().String()),
-		Accel: accel, StreamVerdict: true, Logger: zaptest.NewLogger(t),
+		Accel: accel, StreamVerdict: true, Logger: testlog.New(t),
 	})
 	if err != nil {
 		t.Fatalf("load: %v", err)

@@ -19,11 +19,11 @@ import (
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/meshlet/meshlet/internal/testlog"
 	"github.com/meshlet/meshlet/pkg/resources"
 	"github.com/meshlet/meshlet/pkg/xds"
 	"github.com/meshlet/meshlet/pkg/xds/server"
@@ -286,7 +286,7 @@ type testServer struct {
 func startServer(t testing.TB, addr string, opts server.Options) *testServer {
 	t.Helper()
 	if opts.Logger == nil {
-		opts.Logger = zaptest.NewLogger(t).Named("server")
+		opts.Logger = testlog.New(t).Named("server")
 	}
 	s, err := server.New(opts)
 	if err != nil {
@@ -358,7 +358,7 @@ func startClient(t testing.TB, cfg xds.Config, rec *recorder) *testClient {
 		cfg.Node = xds.NewNode("test-node", "test", nil)
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = zaptest.NewLogger(t).Named("client")
+		cfg.Logger = testlog.New(t).Named("client")
 	}
 	if cfg.BackoffBase == 0 {
 		cfg.BackoffBase, cfg.BackoffMax = 50*time.Millisecond, 500*time.Millisecond

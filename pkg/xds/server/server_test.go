@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshlet/meshlet/internal/testlog"
 	"github.com/meshlet/meshlet/internal/waitfor"
 	"github.com/meshlet/meshlet/pkg/resources"
 	"github.com/meshlet/meshlet/pkg/xds"
@@ -110,7 +110,7 @@ func client(t *testing.T, addr string, delta bool) *rec {
 	t.Helper()
 	r := &rec{}
 	c, err := xds.NewClient(xds.Config{Address: addr, Delta: delta, Node: xds.NewNode("n", "c", nil),
-		Logger: zaptest.NewLogger(t).Named("client"), BackoffBase: 50 * time.Millisecond, BackoffMax: time.Second}, r)
+		Logger: testlog.New(t).Named("client"), BackoffBase: 50 * time.Millisecond, BackoffMax: time.Second}, r)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestFileReloadAndBrokenEdit(t *testing.T) {
 	if err := os.WriteFile(path, []byte(bootstrapV1), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err := server.New(server.Options{ConfigPath: path, PollInterval: 20 * time.Millisecond, Logger: zaptest.NewLogger(t).Named("server")})
+	s, err := server.New(server.Options{ConfigPath: path, PollInterval: 20 * time.Millisecond, Logger: testlog.New(t).Named("server")})
 	if err != nil {
 		t.Fatal(err)
 	}
