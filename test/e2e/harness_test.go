@@ -80,7 +80,7 @@ func runRole(role string, args []string) int {
 		err = roleXDSDial(args)
 	case "xds-http": // PROBES-JSON: GET each, print the answers (xds_istio_test.go)
 		err = roleXDSHTTP(args)
-	case "l7-http", "l7-split", "l7-raw", "l7-grpc", "l7-grpc-lat": // l7_roles_test.go
+	case "l7-http", "l7-split", "l7-raw", "l7-grpc", "l7-grpc-lat", "l7-grpc-serve": // l7_roles_test.go
 		err = runL7Role(role, args)
 	default:
 		err = fmt.Errorf("unknown role %q", role)

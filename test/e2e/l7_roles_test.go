@@ -46,6 +46,8 @@ func runL7Role(role string, args []string) error {
 		return roleL7GRPC(args)
 	case "l7-grpc-lat":
 		return roleL7GRPCLatency(args)
+	case "l7-grpc-serve":
+		return roleL7GRPCServe(args)
 	}
 	return fmt.Errorf("unknown role %q", role)
 }
@@ -511,6 +513,21 @@ func waitEvent(ctx context.Context, tc testgrpc.TestServiceClient, name string) 
 	}
 	fmt.Printf("server saw %s: %s\n", name, resp.GetPayload().GetBody())
 	return nil
+}
+
+// roleL7GRPCServe: ADDR. Serves the test gRPC service on ADDR until killed:
+// an upstream in the meshed cgroup, as a same-node pod is (TestBenchL7).
+func roleL7GRPCServe(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: ADDR")
+	}
+	lis, err := net.Listen("tcp", args[0])
+	if err != nil {
+		return err
+	}
+	s := grpc.NewServer()
+	testgrpc.RegisterTestServiceServer(s, newL7GRPCService())
+	return s.Serve(lis)
 }
 
 // latReport is what the l7-grpc-lat role prints.
