@@ -52,6 +52,10 @@ func TestBenchL7(t *testing.T) {
 		tcpVIP   = "10.96.40.3:80"   // tcp_proxy to the same upstream: the relay without HTTP
 		grpcTCP  = "10.96.40.4:9090" // tcp_proxy to the gRPC upstream: the hop without HTTP/2
 		haGRPC   = "127.0.0.1:18405"
+		// A second gRPC upstream outside the mesh (the test process): its
+		// replies reach the proxy over loopback TCP, not redirected.
+		grpcAddr2 = "127.0.0.1:18406"
+		grpcTCP2  = "10.96.40.5:9090"
 	)
 	m := newSandbox(t)
 	dir := t.TempDir()
@@ -63,6 +67,7 @@ func TestBenchL7(t *testing.T) {
 	m.daemon(m.app("taskset", "-c", "1", "nginx", "-p", filepath.Join(dir, "up"), "-c", upConf, "-e", filepath.Join(dir, "up", "error.log")))
 	// The gRPC upstream too, as a process of its own in the meshed cgroup.
 	m.daemon(m.role("l7-grpc-serve", grpcAddr))
+	startL7GRPC(m, grpcAddr2)
 
 	// Proxies outside the mesh, in the sandbox netns, pinned to CPU 0.
 	haConf := filepath.Join(dir, "haproxy.cfg")
@@ -77,10 +82,11 @@ func TestBenchL7(t *testing.T) {
 
 	// The agent: single-threaded like the others, info logging, pinned.
 	t.Setenv("GOMAXPROCS", "1")
-	m.start(benchL7Config(httpVIP, upAddr, grpcVIP, grpcAddr, tcpVIP, grpcTCP), "--log-level", "info")
+	m.start(benchL7Config(benchL7Addrs{httpVIP: httpVIP, up: upAddr, grpcVIP: grpcVIP, grpcUp: grpcAddr, tcpVIP: tcpVIP,
+		grpcTCPVIP: grpcTCP, grpcTCP2VIP: grpcTCP2, grpcUp2: grpcAddr2}), "--log-level", "info")
 	agentPID := m.cmd.Process.Pid
 	privtest.MustRun(t, "taskset", "-a", "-p", "-c", "0", strconv.Itoa(agentPID))
-	for _, a := range []string{upAddr, haAddr, ngAddr, grpcAddr, haGRPC} {
+	for _, a := range []string{upAddr, haAddr, ngAddr, grpcAddr, haGRPC, grpcAddr2} {
 		m.waitPort(a)
 	}
 	for pid, want := range map[int]string{agentPID: "node-agent", ha.Process.Pid: "haproxy", ng.Process.Pid: "nginx"} {
@@ -146,6 +152,8 @@ func TestBenchL7(t *testing.T) {
 		{"meshlet agent (HCM, default accel)", grpcVIP, agentPID, false},
 		{"meshlet agent, tcp_proxy (L4 relay, no HTTP/2)", grpcTCP, agentPID, false},
 		{"HAProxy 2.6 (h2c both sides)", haGRPC, ha.Process.Pid, false},
+		{"direct to a gRPC upstream outside the mesh", grpcAddr2, 0, false},
+		{"meshlet agent, tcp_proxy to that upstream", grpcTCP2, agentPID, false},
 		{"meshlet agent (HCM, accel both ways)", grpcVIP, agentPID, true},
 		{"meshlet agent, tcp_proxy, both ways (kernel forwarding)", grpcTCP, agentPID, true},
 	}
@@ -298,7 +306,9 @@ func TestBenchL7(t *testing.T) {
 	fmt.Fprintf(&b, "* gRPC unary p50 (grpc.testing.TestService/UnaryCall, 1 KiB each way, %d sequential calls after %d warm-up, meshed grpc-go client, upstream grpc-go server): direct %.0f µs, through the agent %.0f µs: **%.2f×** (goal ≤ 1.10×): %s. The same hop relaying bytes without HTTP/2 (the agent's tcp_proxy) is %.2f× direct and HAProxy h2c %.2f×: a hop that does no work at all already adds %.0f µs to the call here.\n",
 		grpcN, grpcN/10, gd, gv, gv/gd, verdict(gv <= 1.1*gd), grpcP50[2]/gd, grpcP50[3]/gd, grpcP50[2]-gd)
 	fmt.Fprintf(&b, "  With acceleration both ways the HCM path is %.2f× direct; the tcp_proxy path, handed to the kernel once its upstream is chosen (no proxy in the path at all, which an L7 route cannot do), %.2f×.\n",
-		grpcP50[4]/gd, grpcP50[5]/gd)
+		grpcP50[6]/gd, grpcP50[7]/gd)
+	fmt.Fprintf(&b, "  The same relay to a gRPC upstream outside the mesh (its replies reach the proxy over loopback TCP instead of being redirected into it): %.2f× its own direct path (%.0f µs), against %.2f× for the meshed upstream.\n",
+		grpcP50[5]/grpcP50[4], grpcP50[4], grpcP50[2]/gd)
 	fmt.Fprintf(&b, "\nPer round (requests/s):\n\n| target |")
 	for r := range rounds {
 		fmt.Fprintf(&b, " %d |", r)
@@ -326,9 +336,19 @@ func latField(ls []latReport, f func(latReport) float64) []float64 {
 	return v
 }
 
+// benchL7Addrs are the addresses benchL7Config wires together.
+type benchL7Addrs struct {
+	httpVIP, up          string // HCM service → the nginx upstream
+	grpcVIP, grpcUp      string // HCM service → the meshed gRPC upstream (h2c)
+	tcpVIP, grpcTCPVIP   string // tcp_proxies to the two
+	grpcTCP2VIP, grpcUp2 string // tcp_proxy to a gRPC upstream outside the mesh
+}
+
 // benchL7Config: one HCM service for HTTP/1.1 to the nginx upstream, one
-// for gRPC to an h2c cluster, and tcp_proxies to each of the two.
-func benchL7Config(httpVIP, up, grpcVIP, grpcUp, tcpVIP, grpcTCPVIP string) string {
+// for gRPC to an h2c cluster, and tcp_proxies to each, and to a gRPC
+// upstream outside the mesh.
+func benchL7Config(a benchL7Addrs) string {
+	httpVIP, up, grpcVIP, grpcUp, tcpVIP, grpcTCPVIP := a.httpVIP, a.up, a.grpcVIP, a.grpcUp, a.tcpVIP, a.grpcTCPVIP
 	// listener is a listener on vip with one filter (its YAML after
 	// "- name: <filter>", indented for the filters list).
 	listener := func(name, vip, filter string) string {
@@ -378,8 +398,10 @@ func benchL7Config(httpVIP, up, grpcVIP, grpcUp, tcpVIP, grpcTCPVIP string) stri
 		hcm("grpc", grpcVIP, "              - match: {prefix: \"/\", grpc: {}}\n                route: {cluster: grpc, timeout: 0s, max_stream_duration: {grpc_timeout_header_max: 0s}}\n") +
 		tcp("tcp", tcpVIP, "web") +
 		tcp("grpctcp", grpcTCPVIP, "grpc") +
+		tcp("grpctcp2", a.grpcTCP2VIP, "grpc2") +
 		"  clusters:\n" +
 		cluster("web", up, "") +
+		cluster("grpc2", a.grpcUp2, "") +
 		cluster("grpc", grpcUp, `    typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
