@@ -504,6 +504,7 @@ func (a *Agent) adminHandler() http.Handler {
 			return
 		}
 		acc := a.dp.Accel()
+		before := acc
 		for name, dst := range map[string]*bool{"into_app": &acc.IntoApp, "forward": &acc.NoForward} {
 			v := r.URL.Query().Get(name)
 			if v == "" {
@@ -528,7 +529,6 @@ func (a *Agent) adminHandler() http.Handler {
 			http.Error(w, fmt.Sprintf("mode %q: want on or off", m), http.StatusBadRequest)
 			return
 		}
-		before := a.dp.Accel()
 		if err := a.dp.SetAccel(acc); err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
